@@ -1,0 +1,25 @@
+"""Griffin, tiny: (R, R, A) blocks with local attention, CPU-sized.
+
+Width 128, depth 6 (two scanned groups), vocab 256, head_dim 64, window 32, on
+the embedded stdlib corpus.
+
+Command to run:
+  python -m trainer.train --config=configs/griffin_tiny.py
+
+Expected: TODO
+"""
+
+from trainer import config as config_lib
+
+
+def get_config():
+  cd = config_lib.defaults()
+  cd.model.block_pattern = "RRA"
+  cd.model.vocab_size = 256
+  cd.model.width = 128
+  cd.model.lru_width = 128
+  cd.model.depth = 6
+  cd.model.head_dim = 64
+  cd.model.gate_blocks = 4
+  cd.model.attention_window = 32
+  return cd

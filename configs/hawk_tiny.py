@@ -1,0 +1,23 @@
+"""Hawk, tiny: recurrent blocks only (no attention), CPU-sized.
+
+Width 128, depth 6, vocab 256, on the embedded stdlib corpus.
+
+Command to run:
+  python -m trainer.train --config=configs/hawk_tiny.py
+
+Expected: TODO
+"""
+
+from trainer import config as config_lib
+
+
+def get_config():
+  cd = config_lib.defaults()
+  cd.model.block_pattern = "R"
+  cd.model.vocab_size = 256
+  cd.model.width = 128
+  cd.model.lru_width = 128
+  cd.model.depth = 6
+  cd.model.head_dim = 64
+  cd.model.gate_blocks = 4
+  return cd

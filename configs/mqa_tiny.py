@@ -1,0 +1,23 @@
+"""MQA Transformer baseline, tiny: global multi-query attention, CPU-sized.
+
+Width 128, depth 6, vocab 256, head_dim 64 (two query heads, one K/V head), on
+the embedded stdlib corpus.
+
+Command to run:
+  python -m trainer.train --config=configs/mqa_tiny.py
+
+Expected: TODO
+"""
+
+from trainer import config as config_lib
+
+
+def get_config():
+  cd = config_lib.defaults()
+  cd.model.block_pattern = "A"
+  cd.model.vocab_size = 256
+  cd.model.width = 128
+  cd.model.depth = 6
+  cd.model.head_dim = 64
+  cd.model.attention_window = None  # global attention
+  return cd

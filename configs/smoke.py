@@ -1,0 +1,26 @@
+"""Smoke run: a tiny Griffin trained for a few steps on CPU (8 fake devices).
+
+Trains, evaluates, checkpoints and logs on the embedded stdlib corpus, so every
+part of the system runs once without a network.
+
+Command to run:
+  python -m trainer.smoke --config=configs/smoke.py
+
+Expected: TODO
+"""
+
+from trainer import config as config_lib
+
+
+def get_config():
+  cd = config_lib.defaults()
+  cd.data.seq_len = 64
+  cd.data.global_batch_size = 8
+  cd.optimizer.warmup_steps = 5
+  cd.run.steps = 20
+  cd.run.log_every_steps = 5
+  cd.run.eval_every_steps = 10
+  cd.run.eval_steps = 2
+  cd.checkpoint.save_every_steps = 10
+  cd.checkpoint.max_to_keep = 2
+  return cd

@@ -1,0 +1,140 @@
+"""Multi-query attention with RoPE (paper §2.3): local (sliding window) in
+Griffin, global in the MQA baseline. One K/V head is shared by all N query
+heads."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model.layers import fan_in_normal, lead, param
+
+_MASKED = -2.3819763e38  # recurrentgemma's fill value for masked logits.
+
+
+class AttentionCache(NamedTuple):
+  """Ring buffer of the last S keys and values of one attention block."""
+  k_BSH: jax.Array
+  v_BSH: jax.Array
+  pos_BS: jax.Array  # segment_pos of the key in each slot; -1 = empty.
+
+
+def apply_rope(x_BT_H, segment_pos_BT, max_wavelength: float):
+  """Rotary embedding on the first half of the last axis (rotate-half pairs);
+  the second half passes through, as in recurrentgemma."""
+  x_rope, x_pass = jnp.split(x_BT_H, 2, axis=-1)
+  half = x_rope.shape[-1] // 2
+  inv_freq = 1.0 / max_wavelength ** (2 * jnp.arange(half) / x_rope.shape[-1])
+  pos = segment_pos_BT.reshape(segment_pos_BT.shape + (1,) * (x_BT_H.ndim - 2))
+  angle = pos * lead(inv_freq, pos.ndim)
+  sin, cos = jnp.sin(angle).astype(x_BT_H.dtype), jnp.cos(angle).astype(x_BT_H.dtype)
+  first, second = jnp.split(x_rope, 2, axis=-1)
+  return jnp.concatenate([first * cos - second * sin, second * cos + first * sin, x_pass],
+                         axis=-1)
+
+
+class AttentionBlock(nnx.Module):
+  """MQA: query heads project D -> N x H, one key and one value head D -> H.
+
+  Token t at position p sees key s iff s <= t, t - s <= p (same document) and
+  t - s <= window (window + 1 keys including itself; None = global).
+  """
+
+  def __init__(self, width: int, head_dim: int, *, window: int | None,
+               rope_max_wavelength: float, out_init_scale: float, dtype, rngs: nnx.Rngs):
+    N = width // head_dim
+    self.q = param(fan_in_normal(rngs.params(), (width, N, head_dim), width),
+                   ("embed", "heads", "head_dim"))
+    self.k = param(fan_in_normal(rngs.params(), (width, head_dim), width),
+                   ("embed", "head_dim"))
+    self.v = param(fan_in_normal(rngs.params(), (width, head_dim), width),
+                   ("embed", "head_dim"))
+    self.out = param(fan_in_normal(rngs.params(), (N, head_dim, width), width, out_init_scale),
+                     ("heads", "head_dim", "embed"))
+    self.out_bias = param(jnp.zeros((width,)), ("embed",))
+    self.window = window
+    self.rope_max_wavelength = rope_max_wavelength
+    self.dtype = dtype
+
+  def init_cache(self, batch: int, length: int) -> AttentionCache:
+    """An empty cache; `length` is used only for global attention."""
+    S = self.window if self.window is not None else length
+    H = self.k.value.shape[1]
+    return AttentionCache(k_BSH=jnp.zeros((batch, S, H), self.dtype),
+                          v_BSH=jnp.zeros((batch, S, H), self.dtype),
+                          pos_BS=jnp.full((batch, S), -1, jnp.int32))
+
+  def __call__(self, x_BTD, segment_pos_BT, cache: AttentionCache | None = None,
+               cache_length: int | None = None):
+    """Full-sequence attention when `cache` is None, else one decode step
+    (T = 1) against the cache. The returned cache is the one a decode would
+    continue from; without a cache, it is built only when `cache_length` (the
+    slot count for global attention) is given, and None otherwise."""
+    x_BTD = x_BTD.astype(self.dtype)
+    q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.q.value.astype(self.dtype))
+    k_BTH = jnp.einsum("BTD,DH->BTH", x_BTD, self.k.value.astype(self.dtype))
+    v_BTH = jnp.einsum("BTD,DH->BTH", x_BTD, self.v.value.astype(self.dtype))
+    q_BTNH = apply_rope(q_BTNH, segment_pos_BT, self.rope_max_wavelength)
+    k_BTH = apply_rope(k_BTH, segment_pos_BT, self.rope_max_wavelength)
+
+    if cache is None:
+      mask_BTS = self._sequence_mask(segment_pos_BT)
+      enc_BTNH = self._attend(q_BTNH, k_BTH, v_BTH, mask_BTS)
+      new_cache = (None if cache_length is None else
+                   self._cache_from_sequence(k_BTH, v_BTH, segment_pos_BT, cache_length))
+    else:
+      enc_BTNH, new_cache = self._decode(q_BTNH, k_BTH, v_BTH, segment_pos_BT, cache)
+    out_BTD = jnp.einsum("BTNH,NHD->BTD", enc_BTNH, self.out.value.astype(self.dtype))
+    return out_BTD + lead(self.out_bias.value.astype(self.dtype), 3), new_cache
+
+  def _sequence_mask(self, segment_pos_BT):
+    T = segment_pos_BT.shape[1]
+    delta_1TS = (jnp.arange(T)[:, None] - jnp.arange(T)[None, :])[None]  # t - s
+    mask_BTS = (delta_1TS >= 0) & (delta_1TS <= segment_pos_BT[:, :, None])
+    if self.window is not None:
+      mask_BTS &= delta_1TS <= self.window
+    return mask_BTS
+
+  def _attend(self, q_BTNH, k_BSH, v_BSH, mask_BTS):
+    H = q_BTNH.shape[-1]
+    logits_BNTS = jnp.einsum("BTNH,BSH->BNTS", q_BTNH, k_BSH,
+                             preferred_element_type=jnp.float32) * H**-0.5
+    logits_BNTS = jnp.where(mask_BTS[:, None], logits_BNTS, _MASKED)
+    probs_BNTS = jax.nn.softmax(logits_BNTS, axis=-1).astype(v_BSH.dtype)
+    return jnp.einsum("BNTS,BSH->BTNH", probs_BNTS, v_BSH)
+
+  def _cache_from_sequence(self, k_BTH, v_BTH, segment_pos_BT, length):
+    """The ring buffer after the sequence: the last S keys of the row's last
+    document, each in slot segment_pos % S."""
+    B, T, _ = k_BTH.shape
+    empty = self.init_cache(B, length)
+    S = empty.pos_BS.shape[1]
+    last_doc_start_B1 = T - 1 - segment_pos_BT[:, -1:]
+    t_1T = jnp.arange(T)[None]
+    keep_BT = (t_1T >= last_doc_start_B1) & (t_1T >= T - S)
+    slot_BT = jnp.where(keep_BT, segment_pos_BT % S, S)  # slot S is dropped.
+    b_B1 = jnp.arange(B)[:, None]
+    return AttentionCache(
+        k_BSH=empty.k_BSH.at[b_B1, slot_BT].set(k_BTH, mode="drop"),
+        v_BSH=empty.v_BSH.at[b_B1, slot_BT].set(v_BTH, mode="drop"),
+        pos_BS=empty.pos_BS.at[b_B1, slot_BT].set(segment_pos_BT, mode="drop"))
+
+  def _decode(self, q_B1NH, k_B1H, v_B1H, segment_pos_B1, cache: AttentionCache):
+    S = cache.pos_BS.shape[1]
+    p_B1 = segment_pos_B1
+    # A new document (p == 0) must not see the previous one's keys.
+    pos_BS = jnp.where(p_B1 == 0, -1, cache.pos_BS)
+    visible_BS = (pos_BS >= 0) & (pos_BS < p_B1)
+    if self.window is not None:
+      visible_BS &= p_B1 - pos_BS <= self.window
+    k_BSH = jnp.concatenate([cache.k_BSH, k_B1H], axis=1)
+    v_BSH = jnp.concatenate([cache.v_BSH, v_B1H], axis=1)
+    mask_B1S = jnp.concatenate([visible_BS, jnp.ones_like(p_B1, bool)], axis=1)[:, None]
+    enc_B1NH = self._attend(q_B1NH, k_BSH, v_BSH, mask_B1S)
+    b_B = jnp.arange(p_B1.shape[0])
+    slot_B = p_B1[:, 0] % S
+    new_cache = AttentionCache(k_BSH=cache.k_BSH.at[b_B, slot_B].set(k_B1H[:, 0]),
+                               v_BSH=cache.v_BSH.at[b_B, slot_B].set(v_B1H[:, 0]),
+                               pos_BS=pos_BS.at[b_B, slot_B].set(p_B1[:, 0]))
+    return enc_B1NH, new_cache

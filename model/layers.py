@@ -1,0 +1,109 @@
+"""Small layers shared by the blocks: parameters with logical axes, linear,
+RMSNorm, the tied embedding."""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def param(value: jax.Array, axes: tuple[str | None, ...]) -> nnx.Param:
+  """A parameter annotated with logical axis names (None = never sharded).
+
+  The names are mapped to mesh axes by the one rules table in `sharding/`;
+  the model never names a mesh axis.
+  """
+  if len(axes) != value.ndim:
+    raise ValueError(f"axes {axes} do not match a parameter of shape {value.shape}")
+  return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+def fan_in_normal(key, shape, fan_in: int, scale: float = 1.0) -> jax.Array:
+  """Variance-scaling normal init, std = sqrt(scale / fan_in) (LeCun at scale 1)."""
+  return jax.random.normal(key, shape, jnp.float32) * jnp.sqrt(scale / fan_in)
+
+
+def lead(v: jax.Array, ndim: int) -> jax.Array:
+  """`v` with leading unit axes up to `ndim` (tests forbid implicit rank promotion)."""
+  return v.reshape((1,) * (ndim - v.ndim) + v.shape)
+
+
+class Linear(nnx.Module):
+  """y = x W + b, with W of shape (d_in, d_out)."""
+
+  def __init__(self, d_in: int, d_out: int, *, axes: tuple[str | None, str | None],
+               use_bias: bool, init_scale: float, dtype, rngs: nnx.Rngs):
+    self.kernel = param(fan_in_normal(rngs.params(), (d_in, d_out), d_in, init_scale), axes)
+    self.bias = param(jnp.zeros((d_out,)), axes[1:]) if use_bias else None
+    self.dtype = dtype
+
+  def __call__(self, x):
+    y = jnp.dot(x.astype(self.dtype), self.kernel.value.astype(self.dtype))
+    if self.bias is not None:
+      y = y + lead(self.bias.value.astype(self.dtype), y.ndim)
+    return y
+
+
+class RMSNorm(nnx.Module):
+  """x / rms(x) * (1 + scale); scale starts at zero so the gain starts at one."""
+
+  def __init__(self, width: int, *, eps: float, dtype):
+    self.scale = param(jnp.zeros((width,)), ("embed",))
+    self.eps = eps
+    self.dtype = dtype
+
+  def __call__(self, x_BTD):
+    # Statistics in f32: a bf16 mean of squares loses the small channels.
+    x_BTD = x_BTD.astype(jnp.float32)
+    var_BT1 = jnp.mean(jnp.square(x_BTD), axis=-1, keepdims=True)
+    y_BTD = x_BTD * jax.lax.rsqrt(var_BT1 + self.eps) * lead(1.0 + self.scale.value, x_BTD.ndim)
+    return y_BTD.astype(self.dtype)
+
+
+class Embedder(nnx.Module):
+  """Token embedding, tied with the output layer (paper §2)."""
+
+  def __init__(self, vocab_size: int, width: int, *, scale_by_sqrt_dim: bool,
+               soft_cap: float, dtype, rngs: nnx.Rngs):
+    self.embedding = param(
+        fan_in_normal(rngs.params(), (vocab_size, width), width), ("vocab", "embed"))
+    # RecurrentGemma rounds sqrt(D) to bf16 (the value it was trained with).
+    self.input_scale = (float(jnp.asarray(jnp.sqrt(width), jnp.bfloat16))
+                        if scale_by_sqrt_dim else 1.0)
+    self.soft_cap = soft_cap
+    self.dtype = dtype
+
+  def encode(self, tokens_BT):
+    x_BTD = jnp.take(self.embedding.value, tokens_BT, axis=0).astype(self.dtype)
+    return x_BTD * self.input_scale if self.input_scale != 1.0 else x_BTD
+
+  def decode(self, x_BTD):
+    """Logits in f32, soft-capped as c * tanh(logits / c) when c > 0."""
+    logits_BTV = jnp.einsum("BTD,VD->BTV", x_BTD.astype(self.dtype),
+                            self.embedding.value.astype(self.dtype),
+                            preferred_element_type=jnp.float32)
+    if self.soft_cap > 0:
+      logits_BTV = jnp.tanh(logits_BTV / self.soft_cap) * self.soft_cap
+    return logits_BTV
+
+
+class MLPBlock(nnx.Module):
+  """Gated MLP (paper §2.2): down(gelu(x W_gate) * (x W_up)), hidden F = 3D."""
+
+  def __init__(self, width: int, hidden: int, *, gelu_tanh: bool,
+               out_init_scale: float, dtype, rngs: nnx.Rngs):
+    # Gate and up projections stacked as (2, D, F): index 0 is the GeLU branch.
+    # The stacked fan-in (2D) follows recurrentgemma's initialiser.
+    self.up = param(fan_in_normal(rngs.params(), (2, width, hidden), 2 * width),
+                    (None, "embed", "mlp"))
+    self.up_bias = param(jnp.zeros((2, hidden)), (None, "mlp"))
+    self.down = Linear(hidden, width, axes=("mlp", "embed"), use_bias=True,
+                       init_scale=out_init_scale, dtype=dtype, rngs=rngs)
+    self.gelu_tanh = gelu_tanh
+    self.dtype = dtype
+
+  def __call__(self, x_BTD):
+    up_2BTF = jnp.einsum("BTD,CDF->CBTF", x_BTD.astype(self.dtype),
+                         self.up.value.astype(self.dtype))
+    up_2BTF = up_2BTF + self.up_bias.value.astype(self.dtype)[:, None, None, :]
+    h_BTF = jax.nn.gelu(up_2BTF[0], approximate=self.gelu_tanh) * up_2BTF[1]
+    return self.down(h_BTF)

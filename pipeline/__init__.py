@@ -1,0 +1,1 @@
+"""Data: TFDS builders, SentencePiece, the Grain pipeline, global-array assembly. Never imports the model."""

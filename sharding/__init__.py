@@ -1,0 +1,1 @@
+"""Mesh construction and the one logical-axis rules table."""

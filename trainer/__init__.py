@@ -1,0 +1,1 @@
+"""The composition root: configs, train state, steps, checkpoints and the absl mains."""

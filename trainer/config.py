@@ -1,0 +1,216 @@
+"""The run's frozen configs, and the loader from a config file's ConfigDict.
+
+A config file's `get_config()` returns `defaults()` with overrides; absl parses
+it (locked, so a misspelled `--config.a.b=v` fails) and `build` turns it into
+one frozen, validated dataclass per concern. No JAX import: every check here
+runs before anything compiles.
+"""
+
+import dataclasses
+import math
+
+from absl import flags
+from ml_collections import config_dict
+from ml_collections import config_flags
+
+from model.config import AInit, BlockType, ModelConfig, Remat, ScanImpl
+from pipeline.config import DataConfig
+from sharding.config import MeshConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """AdamW with linear warmup, cosine decay, clipping and accumulation."""
+
+  learning_rate: float = 3e-3  # peak, reached after warmup
+  warmup_steps: int = 100
+  decay_steps: int = 0  # 0 = run.steps
+  end_lr_fraction: float = 0.1  # final lr = end_lr_fraction * learning_rate
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  weight_decay: float = 0.1
+  grad_clip_norm: float = 1.0  # 0 = off
+  grad_accum_steps: int = 1  # micro-batches per step
+  z_loss: float = 0.0  # weight of log(Z)^2 in the loss; 0 = off
+
+  def __post_init__(self):
+    _int_at_least(self, "optimizer", 0, "warmup_steps", "decay_steps")
+    _int_at_least(self, "optimizer", 1, "grad_accum_steps")
+    for name, ok, valid in (
+        ("learning_rate", lambda v: v > 0, "> 0"),
+        ("end_lr_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
+        ("b1", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("b2", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("eps", lambda v: v > 0, "> 0"),
+        ("weight_decay", lambda v: v >= 0, ">= 0"),
+        ("grad_clip_norm", lambda v: v >= 0, ">= 0 (0 turns clipping off)"),
+        ("z_loss", lambda v: v >= 0, ">= 0 (0 turns it off)")):
+      value = getattr(self, name)
+      if (not isinstance(value, (int, float)) or isinstance(value, bool)
+          or not math.isfinite(value) or not ok(value)):
+        raise ValueError(f"optimizer.{name}={value!r} must be a number {valid}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """When Orbax saves, and which checkpoints it keeps."""
+
+  save_every_steps: int = 500
+  max_to_keep: int = 3  # the most recent ones
+  keep_period: int = 0  # also keep every step divisible by this; 0 = off
+  async_save: bool = True
+
+  def __post_init__(self):
+    _int_at_least(self, "checkpoint", 1, "save_every_steps", "max_to_keep")
+    _int_at_least(self, "checkpoint", 0, "keep_period")
+    if not isinstance(self.async_save, bool):
+      raise ValueError(f"checkpoint.async_save={self.async_save!r} must be a bool.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Length of the run, its seed, and how often it logs and evaluates."""
+
+  steps: int = 1000
+  seed: int = 0
+  log_every_steps: int = 10
+  eval_every_steps: int = 0  # 0 = no evaluation during training
+  eval_steps: int = 10  # batches per evaluation
+
+  def __post_init__(self):
+    _int_at_least(self, "run", 1, "steps", "log_every_steps", "eval_steps")
+    _int_at_least(self, "run", 0, "seed", "eval_every_steps")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything one run needs; each part goes only to the code that uses it."""
+
+  model: ModelConfig
+  mesh: MeshConfig
+  data: DataConfig
+  optimizer: OptimizerConfig
+  checkpoint: CheckpointConfig
+  run: RunConfig
+
+  def __post_init__(self):
+    for name, section_type in _SECTIONS.items():
+      if not isinstance(getattr(self, name), section_type):
+        raise ValueError(f"{name}={getattr(self, name)!r} must be a "
+                         f"{section_type.__name__}.")
+    if self.data.global_batch_size % self.optimizer.grad_accum_steps:
+      raise ValueError(f"data.global_batch_size={self.data.global_batch_size} is "
+                       "not divisible by optimizer.grad_accum_steps="
+                       f"{self.optimizer.grad_accum_steps}; micro-batches must be "
+                       "equal.")
+    decay_steps = self.optimizer.decay_steps or self.run.steps
+    if self.optimizer.warmup_steps > decay_steps:
+      raise ValueError(f"optimizer.warmup_steps={self.optimizer.warmup_steps} "
+                       f"exceeds the decay steps ({decay_steps}: "
+                       "optimizer.decay_steps, or run.steps when it is 0).")
+
+
+_SECTIONS = {"model": ModelConfig, "mesh": MeshConfig, "data": DataConfig,
+             "optimizer": OptimizerConfig, "checkpoint": CheckpointConfig,
+             "run": RunConfig}
+_LETTERS = {"R": BlockType.RECURRENT, "A": BlockType.ATTENTION}
+_ENUMS = {"a_init": AInit, "scan_impl": ScanImpl, "remat": Remat}
+
+
+def build(cd: config_dict.ConfigDict) -> Config:
+  """Turns a config file's ConfigDict into a validated `Config`."""
+  values = cd.to_dict()
+  extra = sorted(set(values) - set(_SECTIONS))
+  if extra:
+    raise ValueError(f"unknown config section(s) {extra}; valid: {list(_SECTIONS)}.")
+  sections = {}
+  for name, section_type in _SECTIONS.items():
+    if name not in values:
+      raise ValueError(f"config has no section {name!r}; every one of "
+                       f"{list(_SECTIONS)} is needed (start from defaults()).")
+    section = dict(values[name])
+    fields = [f.name for f in dataclasses.fields(section_type)]
+    unknown = [f"{name}.{key}" for key in sorted(set(section) - set(fields))]
+    if unknown:
+      raise ValueError(f"unknown key(s) {unknown}; valid keys of {name}: {fields}.")
+    missing = [f"{name}.{f.name}" for f in dataclasses.fields(section_type)
+               if f.name not in section and f.default is dataclasses.MISSING]
+    if missing:
+      raise ValueError(f"missing key(s) {missing}; they have no default.")
+    if name == "model":
+      section = _model_values(section)
+    sections[name] = section_type(**section)
+  return Config(**sections)
+
+
+def _model_values(section: dict) -> dict:
+  """Strings in the dict form -> the enums and tuples that ModelConfig takes."""
+  if "block_pattern" in section:
+    pattern = section["block_pattern"]
+    if not isinstance(pattern, str) or not pattern:
+      raise ValueError(f"model.block_pattern={pattern!r} must be a non-empty "
+                       f"string of letters from {list(_LETTERS)}, e.g. 'RRA'.")
+    for letter in pattern:
+      if letter not in _LETTERS:
+        raise ValueError(f"model.block_pattern={pattern!r} has unknown block "
+                         f"letter {letter!r}; valid: R (recurrent), A (attention).")
+    section["block_pattern"] = tuple(_LETTERS[letter] for letter in pattern)
+  for name, enum_type in _ENUMS.items():
+    if name in section and not isinstance(section[name], enum_type):
+      valid = [e.value for e in enum_type]
+      if section[name] not in valid:
+        raise ValueError(f"model.{name}={section[name]!r} is not one of {valid}.")
+      section[name] = enum_type(section[name])
+  window = section.get("attention_window")
+  if window is not None and (not isinstance(window, int) or isinstance(window, bool)):
+    raise ValueError(f"model.attention_window={window!r} must be an integer >= 1, "
+                     "or None for global attention.")
+  return section
+
+
+def model_config_dict(model_config: ModelConfig) -> config_dict.ConfigDict:
+  """The dict form of a ModelConfig, for putting a preset into a config file."""
+  values = {f.name: getattr(model_config, f.name)
+            for f in dataclasses.fields(model_config)}
+  letter_of = {block: letter for letter, block in _LETTERS.items()}
+  values["block_pattern"] = "".join(letter_of[b] for b in model_config.block_pattern)
+  for name in _ENUMS:
+    values[name] = values[name].value
+  # An int-typed field rejects `--config.model.attention_window=None` (absl's
+  # integer parser), so the field is untyped; `build` checks the type instead.
+  values["attention_window"] = config_dict.FieldReference(
+      model_config.attention_window, field_type=object)
+  return config_dict.ConfigDict(values)
+
+
+def defaults() -> config_dict.ConfigDict:
+  """Every section at its defaults, with a tiny Griffin as the model; locked."""
+  cd = config_dict.ConfigDict()
+  cd.model = model_config_dict(ModelConfig(
+      vocab_size=256, width=128, depth=3, lru_width=128, head_dim=64,
+      gate_blocks=4, attention_window=32))
+  for name, section_type in _SECTIONS.items():
+    if name != "model":
+      cd[name] = config_dict.ConfigDict(dataclasses.asdict(section_type()))
+  cd.lock()
+  return cd
+
+
+def define_config_flag(name: str = "config",
+                       flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagHolder:
+  """Defines `--<name>=configs/X.py` with `--<name>.section.field=v` overrides.
+
+  Locked, so an override of a field that does not exist fails at parsing.
+  Mains call it at module level and pass `holder.value` to `build`.
+  """
+  return config_flags.DEFINE_config_file(
+      name, None, "Path to a config file in configs/ (a get_config() function).",
+      flag_values=flag_values, lock_config=True)
+
+
+def _int_at_least(config, section, low, *names):
+  for name in names:
+    value = getattr(config, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+      raise ValueError(f"{section}.{name}={value!r} must be an integer >= {low}.")
