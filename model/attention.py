@@ -60,7 +60,7 @@ class AttentionBlock(nnx.Module):
   def init_cache(self, batch: int, length: int) -> AttentionCache:
     """An empty cache; `length` is used only for global attention."""
     S = self.window if self.window is not None else length
-    H = self.k.value.shape[1]
+    H = self.k.shape[1]
     return AttentionCache(k_BSH=jnp.zeros((batch, S, H), self.dtype),
                           v_BSH=jnp.zeros((batch, S, H), self.dtype),
                           pos_BS=jnp.full((batch, S), -1, jnp.int32))
@@ -72,9 +72,9 @@ class AttentionBlock(nnx.Module):
     continue from; without a cache, it is built only when `cache_length` (the
     slot count for global attention) is given, and None otherwise."""
     x_BTD = x_BTD.astype(self.dtype)
-    q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.q.value.astype(self.dtype))
-    k_BTH = jnp.einsum("BTD,DH->BTH", x_BTD, self.k.value.astype(self.dtype))
-    v_BTH = jnp.einsum("BTD,DH->BTH", x_BTD, self.v.value.astype(self.dtype))
+    q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.q[...].astype(self.dtype))
+    k_BTH = jnp.einsum("BTD,DH->BTH", x_BTD, self.k[...].astype(self.dtype))
+    v_BTH = jnp.einsum("BTD,DH->BTH", x_BTD, self.v[...].astype(self.dtype))
     q_BTNH = apply_rope(q_BTNH, segment_pos_BT, self.rope_max_wavelength)
     k_BTH = apply_rope(k_BTH, segment_pos_BT, self.rope_max_wavelength)
 
@@ -85,8 +85,8 @@ class AttentionBlock(nnx.Module):
                    self._cache_from_sequence(k_BTH, v_BTH, segment_pos_BT, cache_length))
     else:
       enc_BTNH, new_cache = self._decode(q_BTNH, k_BTH, v_BTH, segment_pos_BT, cache)
-    out_BTD = jnp.einsum("BTNH,NHD->BTD", enc_BTNH, self.out.value.astype(self.dtype))
-    return out_BTD + lead(self.out_bias.value.astype(self.dtype), 3), new_cache
+    out_BTD = jnp.einsum("BTNH,NHD->BTD", enc_BTNH, self.out[...].astype(self.dtype))
+    return out_BTD + lead(self.out_bias[...].astype(self.dtype), 3), new_cache
 
   def _sequence_mask(self, segment_pos_BT):
     T = segment_pos_BT.shape[1]

@@ -90,7 +90,7 @@ def load_recurrentgemma_params(model: Griffin, rg_params: Mapping[str, Any]) -> 
   a missing, extra or misshapen parameter raises ValueError naming it.
   """
   config = model.config
-  flat = {path: np.array(v.value) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  flat = {path: np.array(v[...]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
   written = set()
 
   def put(path, value):
@@ -123,7 +123,7 @@ def load_recurrentgemma_params(model: Griffin, rg_params: Mapping[str, Any]) -> 
   extra = set(rg_params) - {"embedder", "final_norm"} - {f"blocks.{i}" for i in range(config.depth)}
   if extra:
     raise ValueError(f"recurrentgemma parameters {sorted(extra)} have no place in this config")
-  nnx.update(model, nnx.State.from_flat_path({p: v for p, v in flat.items()}))
+  nnx.update(model, nnx.from_flat_state(flat))
 
 
 def recurrentgemma_config_fields(config: ModelConfig) -> dict:

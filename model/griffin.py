@@ -116,9 +116,13 @@ class Griffin(nnx.Module):
     (n sizes global-attention caches). Decode: pass the cache and T = 1 tokens.
     Returns (logits_BTV, cache or None).
     """
+    return self.from_embeddings(self.embedder.encode(tokens_BT), segment_pos_BT,
+                                cache, cache_length)
+
+  def from_embeddings(self, x_BTD, segment_pos_BT, cache=None, cache_length=None):
+    """`__call__` from the embedded tokens (e.g. to differentiate by input)."""
     build_cache = cache is not None or cache_length is not None
     cache = cache or {"groups": None, "tail": None}
-    x_BTD = self.embedder.encode(tokens_BT)
     x_BTD, groups_cache = self._scan_groups(x_BTD, segment_pos_BT, cache["groups"],
                                             cache_length, build_cache)
     tail_cache = None

@@ -3,6 +3,8 @@ RMSNorm, the tied embedding."""
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
 from flax import nnx
 
 
@@ -37,9 +39,9 @@ class Linear(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x):
-    y = jnp.dot(x.astype(self.dtype), self.kernel.value.astype(self.dtype))
+    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
     if self.bias is not None:
-      y = y + lead(self.bias.value.astype(self.dtype), y.ndim)
+      y = y + lead(self.bias[...].astype(self.dtype), y.ndim)
     return y
 
 
@@ -55,7 +57,7 @@ class RMSNorm(nnx.Module):
     # Statistics in f32: a bf16 mean of squares loses the small channels.
     x_BTD = x_BTD.astype(jnp.float32)
     var_BT1 = jnp.mean(jnp.square(x_BTD), axis=-1, keepdims=True)
-    y_BTD = x_BTD * jax.lax.rsqrt(var_BT1 + self.eps) * lead(1.0 + self.scale.value, x_BTD.ndim)
+    y_BTD = x_BTD * jax.lax.rsqrt(var_BT1 + self.eps) * lead(1.0 + self.scale[...], x_BTD.ndim)
     return y_BTD.astype(self.dtype)
 
 
@@ -67,19 +69,20 @@ class Embedder(nnx.Module):
     self.embedding = param(
         fan_in_normal(rngs.params(), (vocab_size, width), width), ("vocab", "embed"))
     # RecurrentGemma rounds sqrt(D) to bf16 (the value it was trained with).
-    self.input_scale = (float(jnp.asarray(jnp.sqrt(width), jnp.bfloat16))
+    # (numpy, not jnp: this runs under jit/eval_shape when the model is built.)
+    self.input_scale = (float(np.asarray(np.sqrt(width), ml_dtypes.bfloat16))
                         if scale_by_sqrt_dim else 1.0)
     self.soft_cap = soft_cap
     self.dtype = dtype
 
   def encode(self, tokens_BT):
-    x_BTD = jnp.take(self.embedding.value, tokens_BT, axis=0).astype(self.dtype)
+    x_BTD = jnp.take(self.embedding[...], tokens_BT, axis=0).astype(self.dtype)
     return x_BTD * self.input_scale if self.input_scale != 1.0 else x_BTD
 
   def decode(self, x_BTD):
     """Logits in f32, soft-capped as c * tanh(logits / c) when c > 0."""
     logits_BTV = jnp.einsum("BTD,VD->BTV", x_BTD.astype(self.dtype),
-                            self.embedding.value.astype(self.dtype),
+                            self.embedding[...].astype(self.dtype),
                             preferred_element_type=jnp.float32)
     if self.soft_cap > 0:
       logits_BTV = jnp.tanh(logits_BTV / self.soft_cap) * self.soft_cap
@@ -103,7 +106,7 @@ class MLPBlock(nnx.Module):
 
   def __call__(self, x_BTD):
     up_2BTF = jnp.einsum("BTD,CDF->CBTF", x_BTD.astype(self.dtype),
-                         self.up.value.astype(self.dtype))
-    up_2BTF = up_2BTF + self.up_bias.value.astype(self.dtype)[:, None, None, :]
+                         self.up[...].astype(self.dtype))
+    up_2BTF = up_2BTF + self.up_bias[...].astype(self.dtype)[:, None, None, :]
     h_BTF = jax.nn.gelu(up_2BTF[0], approximate=self.gelu_tanh) * up_2BTF[1]
     return self.down(h_BTF)

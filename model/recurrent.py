@@ -60,9 +60,9 @@ class BlockDiagonalLinear(nnx.Module):
     self.b = param(jnp.zeros((blocks, size)), ("gate_block", None))
 
   def __call__(self, x_BTE):
-    G, I, _ = self.w.value.shape
+    G, I, _ = self.w.shape
     x_BTGI = x_BTE.reshape(*x_BTE.shape[:-1], G, I)
-    y_BTGI = jnp.einsum("BTGI,GIJ->BTGJ", x_BTGI, self.w.value) + lead(self.b.value, 4)
+    y_BTGI = jnp.einsum("BTGI,GIJ->BTGJ", x_BTGI, self.w[...]) + lead(self.b[...], 4)
     return y_BTGI.reshape(x_BTE.shape)
 
 
@@ -90,7 +90,7 @@ class RGLRU(nnx.Module):
     x_BTE = x_BTE.astype(jnp.float32)
     gate_x_BTE = jax.nn.sigmoid(self.input_gate(x_BTE))
     gate_a_BTE = jax.nn.sigmoid(self.a_gate(x_BTE))
-    log_a_BTE = -self.c * gate_a_BTE * lead(jax.nn.softplus(self.a_param.value), 3)
+    log_a_BTE = -self.c * gate_a_BTE * lead(jax.nn.softplus(self.a_param[...]), 3)
     a_BTE = jnp.exp(log_a_BTE)
     multiplier_BTE = sqrt_bounded_grad(1 - jnp.exp(2 * log_a_BTE))
     reset_BT1 = (segment_pos_BT == 0)[..., None]
@@ -111,16 +111,16 @@ class Conv1D(nnx.Module):
 
   def __call__(self, x_BTE, segment_pos_BT, history_BWE):
     """`history_BWE` holds the W-1 inputs before x (zeros when none)."""
-    W = self.w.value.shape[0]
+    W = self.w.shape[0]
     T = x_BTE.shape[1]
     padded_BTE = jnp.concatenate([history_BWE.astype(x_BTE.dtype), x_BTE], axis=1)
     y_BTE = jnp.zeros_like(x_BTE)
     for k in range(W):  # W is 4: unrolled, each tap one fused multiply-add.
       tap_BTE = padded_BTE[:, W - 1 - k: W - 1 - k + T]
       valid_BT1 = (segment_pos_BT >= k)[..., None]
-      w_11E = lead(self.w.value[W - 1 - k].astype(x_BTE.dtype), 3)
+      w_11E = lead(self.w[W - 1 - k].astype(x_BTE.dtype), 3)
       y_BTE += jnp.where(valid_BT1, tap_BTE * w_11E, 0)
-    return y_BTE + lead(self.b.value.astype(x_BTE.dtype), 3), padded_BTE[:, -(W - 1):]
+    return y_BTE + lead(self.b[...].astype(x_BTE.dtype), 3), padded_BTE[:, -(W - 1):]
 
 
 class RecurrentBlock(nnx.Module):
@@ -142,7 +142,7 @@ class RecurrentBlock(nnx.Module):
     self.dtype = dtype
 
   def init_cache(self, batch: int) -> RecurrentCache:
-    W, E = self.conv_1d.w.value.shape
+    W, E = self.conv_1d.w.shape
     return RecurrentCache(h_BE=jnp.zeros((batch, E), jnp.float32),
                           conv_BWE=jnp.zeros((batch, W - 1, E), self.dtype))
 

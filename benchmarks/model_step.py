@@ -1,0 +1,207 @@
+"""Forward+backward step speed: this project's Griffin vs recurrentgemma 1.0.1.
+
+Command, from the repository root (all rows; progress lines go to stderr):
+  /work/venv/bin/python -m benchmarks.model_step --configs=A,B --steps=3 \
+      --scans=linear,associative --systems=ours,recurrentgemma
+
+Both systems run the same step on the same weights (recurrentgemma's init,
+loaded into ours): jax.jit of value_and_grad (w.r.t. all parameters) of the
+mean next-token cross-entropy, f32 params and compute, remat on (ours
+Remat.FULL, recurrentgemma gradient_checkpointing=True). Inputs: random tokens
+(B, T) int32 and a packed layout, 2 documents of T/2 tokens per row
+(segment_pos = arange(T) % (T/2)). Griffin pattern (R, R, A), lru_width =
+width, head_dim 128 (N = width/128 heads), gate_blocks = N (recurrentgemma's
+block count), mlp expansion 3, attention window = min(1024, T).
+  A: width 256, depth 6, vocab 8192, T 512, B 8.
+  B: width 512, depth 6, vocab 8192, T 1024, B 4.
+Scans: "linear" is ours ScanImpl.LINEAR vs ScanType.LINEAR_NATIVE;
+"associative" is ours ScanImpl.ASSOCIATIVE vs ScanType.ASSOCIATIVE_NATIVE.
+
+compile s = wall time of jax.jit(step).lower(...).compile(); step time = the
+median of --steps timed runs after one warmup; tokens/s = B*T / step time.
+Model GFLOP/s uses analytic model FLOPs (remat recompute not counted):
+  FLOPs = 6 * P * B*T + 12 * n_attn * B*T * K * D,
+P = all parameters (the embedding counts once, for the tied output matmul),
+n_attn = attention layers, D = width, K = mean keys visible per query
+(mean of min(segment_pos, window) + 1). "% matmul" divides by the GFLOP/s of
+a jitted f32 2048x2048 @ 2048x2048 matmul (median of 5) measured in the run.
+"""
+
+import dataclasses
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import recurrentgemma.jax as rg
+from absl import app, flags
+from flax import nnx
+
+from model.config import BlockType, ModelConfig, Remat, ScanImpl
+from model.convert import load_recurrentgemma_params, recurrentgemma_config_fields
+from model.griffin import Griffin
+
+_CONFIGS = flags.DEFINE_list("configs", ["A", "B"], "Shapes to run: A, B.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per row (after 1 warmup).")
+_SCANS = flags.DEFINE_list("scans", ["linear", "associative"], "linear, associative.")
+_SYSTEMS = flags.DEFINE_list("systems", ["ours", "recurrentgemma"], "ours, recurrentgemma.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  width: int
+  depth: int
+  vocab: int
+  seq: int
+  batch: int
+
+
+SHAPES = {"A": Shape(256, 6, 8192, 512, 8), "B": Shape(512, 6, 8192, 1024, 4)}
+OUR_SCANS = {"linear": ScanImpl.LINEAR, "associative": ScanImpl.ASSOCIATIVE}
+RG_SCANS = {"linear": rg.ScanType.LINEAR_NATIVE, "associative": rg.ScanType.ASSOCIATIVE_NATIVE}
+R, A = BlockType.RECURRENT, BlockType.ATTENTION
+
+
+def model_config(shape: Shape, scan: str) -> ModelConfig:
+  return ModelConfig(
+      vocab_size=shape.vocab, width=shape.width, depth=shape.depth,
+      lru_width=shape.width, block_pattern=(R, R, A),
+      attention_window=min(1024, shape.seq), head_dim=128, mlp_expansion=3,
+      gate_blocks=shape.width // 128, scan_impl=OUR_SCANS[scan],
+      remat=Remat.FULL, compute_dtype="float32")
+
+
+def inputs(shape: Shape):
+  tokens_BT = jax.random.randint(jax.random.key(1), (shape.batch, shape.seq), 0,
+                                 shape.vocab, jnp.int32)
+  pos_T = jnp.arange(shape.seq, dtype=jnp.int32) % (shape.seq // 2)
+  return tokens_BT, jnp.broadcast_to(pos_T, (shape.batch, shape.seq))
+
+
+def cross_entropy(logits_BTV, tokens_BT):
+  logp_BTV = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
+  target_BT1 = tokens_BT[:, 1:, None]
+  return -jnp.mean(jnp.take_along_axis(logp_BTV, target_BT1, axis=-1))
+
+
+def rg_model(config: ModelConfig, scan: str):
+  rg_types = {R: rg.TemporalBlockType.RECURRENT, A: rg.TemporalBlockType.ATTENTION}
+  rg_config = rg.GriffinConfig(
+      **recurrentgemma_config_fields(config),
+      block_types=tuple(rg_types[t] for t in config.block_types),
+      scan_type=RG_SCANS[scan])
+  return rg.Griffin(rg_config, gradient_checkpointing=True, dtype=None,
+                    param_dtype=jnp.float32)
+
+
+def loss_fns(config: ModelConfig, scan: str, tokens_BT, pos_BT):
+  """{system: (loss(params, tokens, pos), params)}, both on recurrentgemma's init."""
+  theirs = rg_model(config, scan)
+  rg_params = theirs.init(jax.random.key(0), tokens_BT, pos_BT)["params"]
+
+  def rg_loss(params, tokens_BT, pos_BT):
+    logits_BTV, _ = theirs.apply({"params": params}, tokens_BT, pos_BT, return_cache=False)
+    return cross_entropy(logits_BTV, tokens_BT)
+
+  ours = Griffin(config, nnx.Rngs(0))
+  load_recurrentgemma_params(ours, rg_params)
+  graphdef, our_params, rest = nnx.split(ours, nnx.Param, ...)
+
+  def our_loss(params, tokens_BT, pos_BT):
+    logits_BTV, _ = nnx.merge(graphdef, params, rest)(tokens_BT, pos_BT)
+    return cross_entropy(logits_BTV, tokens_BT)
+
+  return {"ours": (our_loss, our_params), "recurrentgemma": (rg_loss, rg_params)}
+
+
+def time_step(loss_fn, params, tokens_BT, pos_BT, steps: int):
+  """(compile seconds, median step seconds, loss)."""
+  start = time.perf_counter()
+  step = jax.jit(jax.value_and_grad(loss_fn)).lower(params, tokens_BT, pos_BT).compile()
+  compile_s = time.perf_counter() - start
+  loss, _ = jax.block_until_ready(step(params, tokens_BT, pos_BT))  # warmup
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(step(params, tokens_BT, pos_BT))
+    times.append(time.perf_counter() - start)
+  return compile_s, statistics.median(times), float(loss)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+  x_NN = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
+  matmul = jax.jit(lambda a, b: a @ b)
+  jax.block_until_ready(matmul(x_NN, x_NN))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(x_NN, x_NN))
+    times.append(time.perf_counter() - start)
+  return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def model_flops(config: ModelConfig, params, pos_BT) -> float:
+  n_params = sum(x.size for x in jax.tree.leaves(params))
+  keys_mean = float(np.mean(np.minimum(np.asarray(pos_BT), config.attention_window) + 1))
+  n_attn = sum(t is A for t in config.block_types)
+  tokens = pos_BT.size
+  return 6 * n_params * tokens + 12 * n_attn * tokens * keys_mean * config.width
+
+
+def run_rows(matmul_rate: float) -> list[dict]:
+  rows = []
+  for name in _CONFIGS.value:
+    shape = SHAPES[name]
+    tokens_BT, pos_BT = inputs(shape)
+    for scan in _SCANS.value:
+      config = model_config(shape, scan)
+      fns = loss_fns(config, scan, tokens_BT, pos_BT)
+      for system in _SYSTEMS.value:
+        loss_fn, params = fns[system]
+        compile_s, step_s, loss = time_step(loss_fn, params, tokens_BT, pos_BT, _STEPS.value)
+        gflops = model_flops(config, params, pos_BT) / step_s / 1e9
+        rows.append(dict(system=system, config=name, scan=scan, compile_s=compile_s,
+                         step_s=step_s, tok_s=tokens_BT.size / step_s, gflops=gflops,
+                         frac=gflops / matmul_rate, loss=loss))
+        print(f"done {system} {name} {scan}: compile {compile_s:.1f}s step {step_s:.2f}s",
+              file=sys.stderr, flush=True)
+  return rows
+
+
+def ratio(rows, row, key) -> str:
+  if row["system"] != "ours":
+    return ""
+  for other in rows:
+    if other["system"] == "recurrentgemma" and (other["config"], other["scan"]) == (
+        row["config"], row["scan"]):
+      return f"{row[key] / other[key]:.2f}"
+  return "-"
+
+
+def table(rows, matmul_rate: float) -> str:
+  lines = ["| system | config | scan | compile s | step s | tokens/s | model GFLOP/s "
+           "| % matmul | loss | tokens/s ours/rg | compile ours/rg |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  for r in rows:
+    lines.append(
+        f"| {r['system']} | {r['config']} | {r['scan']} | {r['compile_s']:.1f} "
+        f"| {r['step_s']:.3f} | {r['tok_s']:.0f} | {r['gflops']:.1f} | {100 * r['frac']:.1f} "
+        f"| {r['loss']:.4f} | {ratio(rows, r, 'tok_s')} | {ratio(rows, r, 'compile_s')} |")
+  lines.append(f"| f32 matmul 2048^3 | | | | | | {matmul_rate:.1f} | 100.0 | | | |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  start = time.perf_counter()
+  matmul_rate = matmul_gflops()
+  rows = run_rows(matmul_rate)
+  print(f"\njax {jax.__version__}, {jax.devices()[0].platform}, "
+        f"total {time.perf_counter() - start:.0f} s\n")
+  print(table(rows, matmul_rate))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,38 @@
+"""Byte-level rows from the running interpreter's standard library sources.
+
+A stand-in for the smoke run until the Grain pipeline (SentencePiece, packing,
+TFDS/ArrayRecord) lands: no download, deterministic, and real text.
+"""
+
+import pathlib
+import sysconfig
+
+import numpy as np
+
+
+def stdlib_files() -> list[pathlib.Path]:
+  """The stdlib's .py files outside test folders, in a fixed order."""
+  root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+  return sorted(p for p in root.rglob("*.py")
+                if not any(part in ("test", "tests", "idle_test") for part in p.parts))
+
+
+def byte_rows(split: str, seq_len: int, max_bytes: int = 2_000_000) -> np.ndarray:
+  """Rows of `seq_len` bytes; every 10th file is validation, the rest train.
+
+  Returns int32 (rows, seq_len). Each file is one document, cut into rows
+  that each start a new document (the positions restart at 0 per row).
+  """
+  if split not in ("train", "validation"):
+    raise ValueError(f"split={split!r} must be 'train' or 'validation'")
+  chunks, total = [], 0
+  for i, path in enumerate(stdlib_files()):
+    if (i % 10 == 9) != (split == "validation"):
+      continue
+    data = np.frombuffer(path.read_bytes(), np.uint8)
+    usable = len(data) // seq_len * seq_len
+    chunks.append(data[:usable].reshape(-1, seq_len))
+    total += usable
+    if total >= max_bytes:
+      break
+  return np.concatenate(chunks).astype(np.int32)
