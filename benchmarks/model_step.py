@@ -1,6 +1,7 @@
 """Forward+backward step speed: this project's Griffin vs recurrentgemma 1.0.1.
 
-Command, from the repository root (all rows; progress lines go to stderr):
+Command, from the repository root (all rows: about 14 minutes on a shared 2-core
+CPU, ~200 s of it compiling recurrentgemma's linear scan; progress goes to stderr):
   /work/venv/bin/python -m benchmarks.model_step --configs=A,B --steps=3 \
       --scans=linear,associative --systems=ours,recurrentgemma
 

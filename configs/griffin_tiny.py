@@ -4,7 +4,7 @@ Width 128, depth 6 (two scanned groups), vocab 256, head_dim 64, window 32, on
 the embedded stdlib corpus.
 
 Command to run:
-  python -m trainer.train --config=configs/griffin_tiny.py
+  python -m trainer.smoke --config=configs/griffin_tiny.py
 
 Expected: TODO
 """
@@ -22,4 +22,8 @@ def get_config():
   cd.model.head_dim = 64
   cd.model.gate_blocks = 4
   cd.model.attention_window = 32
+  cd.data.seq_len = 256
+  cd.optimizer.warmup_steps = 20
+  cd.run.steps = 200
+  cd.run.log_every_steps = 50
   return cd

@@ -3,7 +3,7 @@
 Width 128, depth 6, vocab 256, on the embedded stdlib corpus.
 
 Command to run:
-  python -m trainer.train --config=configs/hawk_tiny.py
+  python -m trainer.smoke --config=configs/hawk_tiny.py
 
 Expected: TODO
 """
@@ -20,4 +20,8 @@ def get_config():
   cd.model.depth = 6
   cd.model.head_dim = 64
   cd.model.gate_blocks = 4
+  cd.data.seq_len = 256
+  cd.optimizer.warmup_steps = 20
+  cd.run.steps = 200
+  cd.run.log_every_steps = 50
   return cd

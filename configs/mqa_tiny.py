@@ -4,7 +4,7 @@ Width 128, depth 6, vocab 256, head_dim 64 (two query heads, one K/V head), on
 the embedded stdlib corpus.
 
 Command to run:
-  python -m trainer.train --config=configs/mqa_tiny.py
+  python -m trainer.smoke --config=configs/mqa_tiny.py
 
 Expected: TODO
 """
@@ -20,4 +20,8 @@ def get_config():
   cd.model.depth = 6
   cd.model.head_dim = 64
   cd.model.attention_window = None  # global attention
+  cd.data.seq_len = 256
+  cd.optimizer.warmup_steps = 20
+  cd.run.steps = 200
+  cd.run.log_every_steps = 50
   return cd

@@ -121,6 +121,7 @@ class Griffin(nnx.Module):
 
   def from_embeddings(self, x_BTD, segment_pos_BT, cache=None, cache_length=None):
     """`__call__` from the embedded tokens (e.g. to differentiate by input)."""
+    self._check_inputs(x_BTD, segment_pos_BT, cache, cache_length)
     build_cache = cache is not None or cache_length is not None
     cache = cache or {"groups": None, "tail": None}
     x_BTD, groups_cache = self._scan_groups(x_BTD, segment_pos_BT, cache["groups"],
@@ -132,6 +133,20 @@ class Griffin(nnx.Module):
     logits_BTV = self.embedder.decode(self.final_norm(x_BTD))
     new_cache = {"groups": groups_cache, "tail": tail_cache} if build_cache else None
     return logits_BTV, new_cache
+
+  def _check_inputs(self, x_BTD, segment_pos_BT, cache, cache_length):
+    """Shape errors at trace time, before anything compiles."""
+    B, T = x_BTD.shape[:2]
+    if segment_pos_BT.shape != (B, T):
+      raise ValueError(f"segment_pos shape {segment_pos_BT.shape} != tokens shape {(B, T)}")
+    if cache is not None and T != 1:
+      raise ValueError(f"decoding with a cache takes one token per call, got T={T}; "
+                       "run the prompt with cache=None, cache_length=n first")
+    has_global = (BlockType.ATTENTION in self.config.block_types
+                  and self.config.attention_window is None)
+    if cache is None and cache_length is not None and has_global and cache_length < T:
+      raise ValueError(f"cache_length={cache_length} is shorter than the prompt (T={T}); "
+                       "global attention needs room for every token it will see")
 
   def _scan_groups(self, x_BTD, segment_pos_BT, cache, cache_length, build_cache):
     if self.groups is None:
