@@ -2,7 +2,7 @@
 
 Command, from the repository root (all rows: about 14 minutes on a shared 2-core
 CPU, ~200 s of it compiling recurrentgemma's linear scan; progress goes to stderr):
-  /work/venv/bin/python -m benchmarks.model_step --configs=A,B --steps=3 \
+  python -m benchmarks.model_step --configs=A,B --steps=3 \
       --scans=linear,associative --systems=ours,recurrentgemma
 
 Both systems run the same step on the same weights (recurrentgemma's init,
@@ -194,8 +194,16 @@ def table(rows, matmul_rate: float) -> str:
   return "\n".join(lines)
 
 
+def check_flags():
+  for flag, valid in ((_CONFIGS, SHAPES), (_SCANS, OUR_SCANS), (_SYSTEMS, ("ours", "recurrentgemma"))):
+    for value in flag.value:
+      if value not in valid:
+        raise ValueError(f"--{flag.name}={value!r}; valid: {sorted(valid)}.")
+
+
 def main(argv):
   del argv
+  check_flags()
   start = time.perf_counter()
   matmul_rate = matmul_gflops()
   rows = run_rows(matmul_rate)

@@ -100,6 +100,9 @@ class Griffin(nnx.Module):
   def init_cache(self, batch: int, length: int = 0) -> dict[str, Any]:
     """An empty decode cache; `length` sizes global-attention caches (the most
     tokens, prompt included, that will be decoded)."""
+    if self._has_global_attention() and length < 1:
+      raise ValueError(f"init_cache length={length}: global attention needs the most "
+                       "tokens (prompt included) the cache will hold, >= 1")
     cache = {"groups": None, "tail": None}
     if self.groups is not None:
       cache["groups"] = nnx.vmap(
@@ -142,11 +145,14 @@ class Griffin(nnx.Module):
     if cache is not None and T != 1:
       raise ValueError(f"decoding with a cache takes one token per call, got T={T}; "
                        "run the prompt with cache=None, cache_length=n first")
-    has_global = (BlockType.ATTENTION in self.config.block_types
-                  and self.config.attention_window is None)
-    if cache is None and cache_length is not None and has_global and cache_length < T:
+    if (cache is None and cache_length is not None and self._has_global_attention()
+        and cache_length < T):
       raise ValueError(f"cache_length={cache_length} is shorter than the prompt (T={T}); "
                        "global attention needs room for every token it will see")
+
+  def _has_global_attention(self) -> bool:
+    return (BlockType.ATTENTION in self.config.block_types
+            and self.config.attention_window is None)
 
   def _scan_groups(self, x_BTD, segment_pos_BT, cache, cache_length, build_cache):
     if self.groups is None:

@@ -182,6 +182,8 @@ def test_bad_call_arguments_are_named():
     model(tokens_BT, segment_pos_BT, model.init_cache(B, T))
   with pytest.raises(ValueError, match="cache_length=8 is shorter than the prompt"):
     model(tokens_BT, segment_pos_BT, cache_length=8)
+  with pytest.raises(ValueError, match="init_cache length=0"):
+    model.init_cache(B)
 
 
 def test_batch_sharded_over_8_devices_matches_one_device():
