@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.layers import fan_in_normal, lead, param
+from model.layers import constrain, fan_in_normal, lead, param
 
 _MASKED = -2.3819763e38  # recurrentgemma's fill value for masked logits.
 
@@ -75,8 +75,12 @@ class AttentionBlock(nnx.Module):
     q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.q[...].astype(self.dtype))
     k_BTH = jnp.einsum("BTD,DH->BTH", x_BTD, self.k[...].astype(self.dtype))
     v_BTH = jnp.einsum("BTD,DH->BTH", x_BTD, self.v[...].astype(self.dtype))
-    q_BTNH = apply_rope(q_BTNH, segment_pos_BT, self.rope_max_wavelength)
-    k_BTH = apply_rope(k_BTH, segment_pos_BT, self.rope_max_wavelength)
+    q_BTNH = constrain(apply_rope(q_BTNH, segment_pos_BT, self.rope_max_wavelength),
+                       ("batch", None, "heads", None))
+    # The one K/V head is computed on every tensor shard (replicated).
+    k_BTH = constrain(apply_rope(k_BTH, segment_pos_BT, self.rope_max_wavelength),
+                      ("batch", None, None))
+    v_BTH = constrain(v_BTH, ("batch", None, None))
 
     if cache is None:
       mask_BTS = self._sequence_mask(segment_pos_BT)

@@ -8,7 +8,7 @@ from flax import nnx
 
 from model.attention import AttentionBlock
 from model.config import BlockType, ModelConfig, Remat
-from model.layers import Embedder, MLPBlock, RMSNorm
+from model.layers import Embedder, MLPBlock, RMSNorm, constrain
 from model.recurrent import RecurrentBlock
 
 REMAT_POLICIES = {
@@ -160,6 +160,7 @@ class Griffin(nnx.Module):
     graphdef, params = nnx.split(self.groups)
 
     def body(x_BTD, layer):
+      x_BTD = constrain(x_BTD, ("batch", None, None))
       group_params, group_cache = layer
       group = nnx.merge(graphdef, group_params)
       x_BTD, group_cache = group(x_BTD, segment_pos_BT, group_cache, cache_length)

@@ -1,11 +1,13 @@
 """Small layers shared by the blocks: parameters with logical axes, linear,
 RMSNorm, the tied embedding."""
 
+import flax.core.spmd
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec
 
 
 def param(value: jax.Array, axes: tuple[str | None, ...]) -> nnx.Param:
@@ -17,6 +19,20 @@ def param(value: jax.Array, axes: tuple[str | None, ...]) -> nnx.Param:
   if len(axes) != value.ndim:
     raise ValueError(f"axes {axes} do not match a parameter of shape {value.shape}")
   return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+  """Pins an activation's layout by logical axis names.
+
+  A no-op unless the caller entered a mesh (`jax.set_mesh`) and the rules
+  table (`sharding.rules.activation_rules()`); the model never names mesh axes.
+  """
+  rules = flax.core.spmd.get_logical_axis_rules()
+  if not rules or jax.sharding.get_abstract_mesh().empty:
+    return x
+  table = dict(rules)
+  return jax.lax.with_sharding_constraint(
+      x, PartitionSpec(*(None if a is None else table[a] for a in axes)))
 
 
 def fan_in_normal(key, shape, fan_in: int, scale: float = 1.0) -> jax.Array:
@@ -86,7 +102,7 @@ class Embedder(nnx.Module):
                             preferred_element_type=jnp.float32)
     if self.soft_cap > 0:
       logits_BTV = jnp.tanh(logits_BTV / self.soft_cap) * self.soft_cap
-    return logits_BTV
+    return constrain(logits_BTV, ("batch", None, "vocab"))
 
 
 class MLPBlock(nnx.Module):
@@ -109,4 +125,5 @@ class MLPBlock(nnx.Module):
                          self.up[...].astype(self.dtype))
     up_2BTF = up_2BTF + self.up_bias[...].astype(self.dtype)[:, None, None, :]
     h_BTF = jax.nn.gelu(up_2BTF[0], approximate=self.gelu_tanh) * up_2BTF[1]
+    h_BTF = constrain(h_BTF, ("batch", None, "mlp"))
     return self.down(h_BTF)

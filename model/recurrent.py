@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from model.config import AInit, ScanImpl
-from model.layers import Linear, fan_in_normal, lead, param
+from model.layers import Linear, constrain, fan_in_normal, lead, param
 from model.scan import SCANS
 
 
@@ -56,7 +56,7 @@ class BlockDiagonalLinear(nnx.Module):
     size = width // blocks
     # Fan-in counts all blocks, as in recurrentgemma's initialiser.
     self.w = param(fan_in_normal(rngs.params(), (blocks, size, size), width),
-                   ("gate_block", None, None))
+                   ("gate_block", "gate_in", None))
     self.b = param(jnp.zeros((blocks, size)), ("gate_block", None))
 
   def __call__(self, x_BTE):
@@ -150,8 +150,12 @@ class RecurrentBlock(nnx.Module):
     """Returns the block output and the cache after the last token."""
     if cache is None:
       cache = self.init_cache(x_BTD.shape[0])
-    y_BTE = jax.nn.gelu(self.linear_y(x_BTD), approximate=self.gelu_tanh)
-    x_BTE, conv_BWE = self.conv_1d(self.linear_x(x_BTD), segment_pos_BT, cache.conv_BWE)
+    # Channels stay split over the tensor axis from linear_x/y to linear_out.
+    lru_axes = ("batch", None, "lru")
+    y_BTE = constrain(jax.nn.gelu(self.linear_y(x_BTD), approximate=self.gelu_tanh), lru_axes)
+    x_BTE = constrain(self.linear_x(x_BTD), lru_axes)
+    x_BTE, conv_BWE = self.conv_1d(x_BTE, segment_pos_BT, cache.conv_BWE)
     h_BTE, h_BE = self.rg_lru(x_BTE, segment_pos_BT, cache.h_BE)
+    h_BTE = constrain(h_BTE, lru_axes)
     out_BTD = self.linear_out(h_BTE.astype(self.dtype) * y_BTE)
     return out_BTD, RecurrentCache(h_BE=h_BE, conv_BWE=conv_BWE.astype(self.dtype))
