@@ -5,7 +5,7 @@ Width 128, depth 6, vocab 256 (bytes), on the embedded stdlib corpus.
 Command to run:
   python -m trainer.smoke --config=configs/hawk_tiny.py
 
-Expected: ~3 minutes on 2 CPU cores; validation loss 5.82 at init -> ~2.37
+Expected: ~3 minutes on 2 CPU cores; validation loss ~5.8 at init -> ~2.37
 after 200 steps (worse than Griffin's ~2.12, as in the paper); "smoke run OK".
 """
 

@@ -6,7 +6,7 @@ Width 128, depth 6, vocab 256 (bytes), on the embedded stdlib corpus.
 Command to run:
   python -m trainer.smoke --config=configs/mqa_tiny.py
 
-Expected: ~1.5 minutes on 2 CPU cores; validation loss 5.89 at init -> ~2.29
+Expected: ~1.5 minutes on 2 CPU cores; validation loss ~5.9 at init -> ~2.29
 after 200 steps; "smoke run OK".
 """
 

@@ -6,7 +6,7 @@ part of the system runs once without a network.
 Command to run:
   python -m trainer.smoke --config=configs/smoke.py
 
-Expected: about 30 s on 2 CPU cores; validation loss 6.10 at init -> ~3.5
+Expected: about 30 s on 2 CPU cores; validation loss ~6.0 at init -> ~3.5
 after 20 steps (bytes, 645,504 parameters), decode error ~3e-6, and the line
 "smoke run OK".
 """

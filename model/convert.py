@@ -60,9 +60,10 @@ def _block_params(rg_block: Mapping[str, Any], block_type: BlockType) -> dict:
   }
   if block_type is BlockType.RECURRENT:
     rec = rg_block["recurrent_block"]
-    for name in ("linear_x", "linear_y", "linear_out"):
-      out[("temporal", name, "kernel")] = rec[name]["kernel"]
-      out[("temporal", name, "bias")] = rec[name]["bias"]
+    out[("temporal", "in_proj")] = np.stack([rec["linear_x"]["kernel"], rec["linear_y"]["kernel"]])
+    out[("temporal", "in_bias")] = np.stack([rec["linear_x"]["bias"], rec["linear_y"]["bias"]])
+    out[("temporal", "linear_out", "kernel")] = rec["linear_out"]["kernel"]
+    out[("temporal", "linear_out", "bias")] = rec["linear_out"]["bias"]
     out[("temporal", "conv_1d", "w")] = rec["conv_1d"]["w"]
     out[("temporal", "conv_1d", "b")] = rec["conv_1d"]["b"]
     lru = rec["rg_lru"]

@@ -94,3 +94,14 @@ def activation_rules():
   """Context in which the model's `constrain(x, names)` calls take effect
   (use together with `jax.set_mesh(mesh)`)."""
   return nnx.logical_axis_rules(RULES)
+
+
+def check_batch_divisible(global_batch_size: int, mesh: jax.sharding.Mesh):
+  """The batch splits evenly over the devices that hold different rows."""
+  rows = 1
+  for axis in _TABLE["batch"]:
+    rows *= mesh.shape[axis]
+  if global_batch_size % rows:
+    raise ValueError(f"data.global_batch_size={global_batch_size} is not divisible by "
+                     f"the {rows} batch shards (mesh axes {_TABLE['batch']} of "
+                     f"{dict(mesh.shape)}); use a multiple of {rows}")

@@ -10,7 +10,7 @@ from trainer.config import OptimizerConfig
 # the RG-LRU's a_param (= -Λ): it sets each channel's memory length, and decay
 # would pull it to 0, i.e. a = sigmoid(0)-like fast forgetting, not a smaller
 # weight.
-NO_DECAY = frozenset({"scale", "bias", "up_bias", "out_bias", "b", "a_param"})
+NO_DECAY = frozenset({"scale", "bias", "up_bias", "in_bias", "out_bias", "b", "a_param"})
 
 
 def decay_mask(params: nnx.State):

@@ -1,35 +1,23 @@
-"""The smoke run's loop (see trainer/smoke.py)."""
+"""The smoke run's loop (see trainer/smoke.py): the sharded train step on
+whatever devices this process sees, fed byte-level stdlib rows."""
 
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 from flax import nnx
 
 from model.griffin import Griffin
 from pipeline.stdlib_bytes import byte_rows
+from sharding import rules
+from sharding.mesh import make_mesh
 from trainer.config import Config
-
-
-def next_token_loss(logits_BTV, tokens_BT, segment_pos_BT):
-  """Mean cross-entropy of token t+1 given tokens <= t, inside one document."""
-  logp_BTV = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32))
-  nll_BT = -jnp.take_along_axis(logp_BTV, tokens_BT[:, 1:, None], axis=-1)[..., 0]
-  same_doc_BT = segment_pos_BT[:, 1:] != 0
-  return jnp.sum(nll_BT * same_doc_BT) / jnp.maximum(jnp.sum(same_doc_BT), 1)
-
-
-def make_optimizer(config: Config) -> optax.GradientTransformation:
-  opt = config.optimizer
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, opt.learning_rate, opt.warmup_steps, opt.decay_steps or config.run.steps,
-      opt.learning_rate * opt.end_lr_fraction)
-  return optax.chain(
-      optax.clip_by_global_norm(opt.grad_clip_norm) if opt.grad_clip_norm else optax.identity(),
-      optax.adamw(schedule, opt.b1, opt.b2, opt.eps, weight_decay=opt.weight_decay))
+from trainer.loss import next_token_loss
+from trainer.optimizer import make_optimizer
+from trainer.state import init_state, plan_state
+from trainer.train_step import TrainStep
 
 
 def run(config: Config) -> dict:
@@ -38,40 +26,42 @@ def run(config: Config) -> dict:
     raise ValueError(f"model.vocab_size={config.model.vocab_size}: the smoke run "
                      "reads bytes and needs >= 256.")
   seq_len, batch = config.data.seq_len, config.data.global_batch_size
+  mesh = make_mesh(config.mesh)
+  rules.check_batch_divisible(batch, mesh)
+  optimizer = make_optimizer(config.optimizer, config.run.steps)
+  setup = plan_state(config.model, optimizer, mesh)
+  state = init_state(config.model, optimizer, setup, config.run.seed)
+  train_step = TrainStep(setup, optimizer, mesh, config.optimizer.z_loss)
+  row = rules.batch_sharding(mesh)
   train_NT, valid_NT = byte_rows("train", seq_len), byte_rows("validation", seq_len)
-  segment_pos_BT = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))
-  model = Griffin(config.model, nnx.Rngs(config.run.seed))
-  optimizer = make_optimizer(config)
-  graphdef, params = nnx.split(model)
-  opt_state = optimizer.init(params)
-  n_params = sum(x.size for x in jax.tree.leaves(params))
-  logging.info("model: %s parameters, %d train rows, %d validation rows",
-               f"{n_params:,}", len(train_NT), len(valid_NT))
-
-  def loss_of(params, tokens_BT):
-    logits_BTV, _ = nnx.merge(graphdef, params)(tokens_BT, segment_pos_BT)
-    return next_token_loss(logits_BTV, tokens_BT, segment_pos_BT)
+  segment_pos_BT = jax.device_put(
+      np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch, seq_len)), row)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info("model: %s parameters on mesh %s; %d train rows, %d validation rows",
+               f"{n_params:,}", dict(mesh.shape), len(train_NT), len(valid_NT))
 
   @jax.jit
-  def train_step(params, opt_state, tokens_BT):
-    loss, grads = jax.value_and_grad(loss_of)(params, tokens_BT)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+  def eval_loss(params, tokens_BT):
+    logits_BTV, _ = nnx.merge(setup.graphdef, params)(tokens_BT, segment_pos_BT)
+    return next_token_loss(logits_BTV, tokens_BT, segment_pos_BT)
 
-  eval_loss = jax.jit(loss_of)
   rng = np.random.default_rng(config.run.seed)
-  valid_BT = jnp.asarray(valid_NT[:batch])
-  first_eval = float(eval_loss(params, valid_BT))
+  valid_BT = jax.device_put(valid_NT[:batch], row)
+  with train_step.context():
+    first_eval = float(eval_loss(state.params, valid_BT))
   start = time.time()
   for step in range(1, config.run.steps + 1):
-    tokens_BT = jnp.asarray(train_NT[rng.integers(0, len(train_NT), batch)])
-    params, opt_state, loss = train_step(params, opt_state, tokens_BT)
+    tokens_BT = jax.device_put(train_NT[rng.integers(0, len(train_NT), batch)], row)
+    state, metrics = train_step(state, tokens_BT, segment_pos_BT)
     if step % config.run.log_every_steps == 0 or step == config.run.steps:
-      logging.info("step %d  loss %.4f  (%.1f s)", step, float(loss), time.time() - start)
-  last_eval = float(eval_loss(params, valid_BT))
+      logging.info("step %d  loss %.4f  grad norm %.3f  (%.1f s)", step,
+                   float(metrics["loss"]), float(metrics["grad_norm"]), time.time() - start)
+  with train_step.context():
+    last_eval = float(eval_loss(state.params, valid_BT))
   logging.info("validation loss: %.4f at init -> %.4f after %d steps",
                first_eval, last_eval, config.run.steps)
-  decode_error = _decode_error(nnx.merge(graphdef, params), valid_BT[:, :16])
+  params = jax.device_get(state.params)
+  decode_error = _decode_error(nnx.merge(setup.graphdef, params), valid_NT[:2, :16])
   logging.info("decode vs forward: max |logit difference| = %.2e", decode_error)
   if not last_eval < first_eval:
     raise RuntimeError(f"validation loss did not fall: {first_eval:.4f} -> {last_eval:.4f}")

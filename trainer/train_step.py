@@ -33,7 +33,7 @@ class TrainStep:
       loss, grads = jax.value_and_grad(loss_fn)(state.params, tokens_BT, segment_pos_BT)
       updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
-      metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+      metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
       return TrainState(state.step + 1, params, opt_state), metrics
 
     batch = rules.batch_sharding(mesh)

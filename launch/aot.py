@@ -1,0 +1,155 @@
+"""Compile the real train step for a TPU pod on this (CPU) machine: does it fit?
+
+    python -m launch.aot --config=configs/griffin_14b.py --topology=v5p-128 \
+        [--num_slices=N] [--config.section.field=value ...]
+
+Builds the fake devices of the TPU topology (libtpu, the `tpu` or `test` extra),
+the mesh from the config's mesh section over them, the sharded abstract state,
+and compiles `TrainStep` for (global_batch, seq_len) int32 batches. Prints the
+per-device memory (XLA's memory_analysis), the analytic step FLOPs
+(model/flops.py), a roofline step time and the MFU bound; exits 1 when the step
+does not fit the chip's HBM. No TPU, no allocation: only the compiler runs.
+"""
+
+import os
+import sys
+import time
+
+# libtpu looks for a TPU VM's metadata when it loads; on a plain host these
+# stop its warnings (they do not change what is compiled). The host stays CPU.
+for _name, _value in (("TPU_ACCELERATOR_TYPE", "v5p-8"),
+                      ("TPU_WORKER_HOSTNAMES", "localhost"), ("JAX_PLATFORMS", "cpu")):
+  os.environ.setdefault(_name, _value)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from launch import topologies  # noqa: E402
+from model import flops  # noqa: E402
+from sharding import rules  # noqa: E402
+from sharding.mesh import make_mesh  # noqa: E402
+from trainer import config as config_lib  # noqa: E402
+from trainer.optimizer import make_optimizer  # noqa: E402
+from trainer.state import plan_state  # noqa: E402
+from trainer.train_step import TrainStep  # noqa: E402
+
+_MEMORY_FIELDS = ("argument", "output", "alias", "temp", "generated_code")
+
+
+def validate(config: config_lib.Config, accelerator_type: str,
+             num_slices: int) -> tuple[topologies.TpuType, dict[str, int]]:
+  """Checks that need no compile; returns the TPU type and the mesh sizes."""
+  tpu = topologies.get(accelerator_type)
+  if not isinstance(num_slices, int) or isinstance(num_slices, bool) or num_slices < 1:
+    raise ValueError(f"num_slices={num_slices!r} must be a positive integer.")
+  sizes = config.mesh.resolve(tpu.chips * num_slices, num_slices)
+  batch_ways = sizes["data"] * sizes["fsdp"]
+  if config.data.global_batch_size % batch_ways:
+    raise ValueError(
+        f"data.global_batch_size={config.data.global_batch_size} is not divisible by "
+        f"the batch's mesh ways data x fsdp = {sizes['data']} x {sizes['fsdp']} = "
+        f"{batch_ways} on {num_slices} x {accelerator_type}; use a multiple of "
+        f"{batch_ways}.")
+  return tpu, sizes
+
+
+def compile_report(config: config_lib.Config, accelerator_type: str,
+                   num_slices: int = 1) -> dict:
+  """Compiles the train step for `num_slices` x `accelerator_type`.
+
+  Returns the report: memory in bytes per device (None where the compiler ran
+  out of memory), `fits`, and `error` (the compiler's message) when it did not.
+  Raises ValueError for bad input, before anything compiles.
+  """
+  tpu, sizes = validate(config, accelerator_type, num_slices)
+  mesh = make_mesh(config.mesh, tpu.get_topology_desc(num_slices).devices)
+  optimizer = make_optimizer(config.optimizer, config.run.steps)
+  setup = plan_state(config.model, optimizer, mesh)
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                       setup.abstract, setup.shardings)
+  B, T = config.data.global_batch_size, config.data.seq_len
+  batch_BT = jax.ShapeDtypeStruct((B, T), jnp.int32, sharding=rules.batch_sharding(mesh))
+  chips = tpu.chips * num_slices
+  train = flops.train_flops(config.model, B, T)
+  hardware = train + flops.remat_flops(config.model, B, T)
+  report = dict(
+      accelerator_type=accelerator_type, topology=tpu.topology_name,
+      num_slices=num_slices, chips=chips, mesh=sizes, global_batch=B, seq_len=T,
+      remat=config.model.remat.value, params=sum(
+          a.size for a in jax.tree.leaves(setup.abstract.params)),
+      hbm_bytes=tpu.usable_hbm_bytes, hbm_nominal_bytes=tpu.hbm_bytes,
+      train_flops=train, hardware_flops=hardware,
+      roofline_step_s=hardware / (chips * tpu.peak_bf16_flops),
+      mfu_bound=train / hardware, error=None)
+  start = time.perf_counter()
+  try:
+    compiled = TrainStep(setup, optimizer, mesh, config.optimizer.z_loss).lower(
+        state, batch_BT, batch_BT).compile()
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    report.update({f"{f}_bytes": None for f in _MEMORY_FIELDS}, peak_bytes=None,
+                  xla_flops_per_device=None, fits=False, error=str(e).splitlines()[0],
+                  compile_s=time.perf_counter() - start)
+    return report
+  report["compile_s"] = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  for field in _MEMORY_FIELDS:
+    report[f"{field}_bytes"] = getattr(memory, f"{field}_size_in_bytes")
+  report["peak_bytes"] = memory.peak_memory_in_bytes
+  cost = compiled.cost_analysis()
+  report["xla_flops_per_device"] = (cost or {}).get("flops")
+  report["fits"] = report["peak_bytes"] <= tpu.usable_hbm_bytes
+  if not report["fits"]:
+    report["error"] = (f"peak {report['peak_bytes'] / 2**30:.2f} GiB exceeds the "
+                       f"{tpu.usable_hbm_bytes / 2**30:.2f} GiB usable HBM")
+  return report
+
+
+def format_report(r: dict) -> str:
+  """The report as the lines `python -m launch.aot` prints."""
+  gib = lambda n: "n/a" if n is None else f"{n / 2**30:.2f} GiB"  # noqa: E731
+  mesh = " x ".join(f"{axis} {size}" for axis, size in r["mesh"].items())
+  lines = [
+      f"{r['num_slices']} x {r['accelerator_type']} ({r['topology']}): {r['chips']} "
+      f"chips, mesh {mesh}",
+      f"model {r['params'] / 1e9:.2f}B params, global batch {r['global_batch']} x "
+      f"{r['seq_len']} tokens, remat {r['remat']}, compile {r['compile_s']:.1f} s",
+      "memory per device (XLA memory_analysis):"]
+  lines += [f"  {f:<15} {gib(r[f + '_bytes'])}" for f in _MEMORY_FIELDS]
+  lines += [
+      f"  {'peak':<15} {gib(r['peak_bytes'])} of {gib(r['hbm_bytes'])} usable HBM "
+      f"({gib(r['hbm_nominal_bytes'])} nominal)",
+      f"model FLOPs per step (analytic, model/flops.py): {r['train_flops'] / 1e12:.1f} T",
+      f"  with remat recompute: {r['hardware_flops'] / 1e12:.1f} T",
+      "  XLA cost_analysis per device (counts a scanned layer group once): " + (
+          "n/a" if r["xla_flops_per_device"] is None
+          else f"{r['xla_flops_per_device'] / 1e12:.3f} T"),
+      f"roofline step time at peak bf16: {r['roofline_step_s'] * 1e3:.1f} ms; "
+      f"MFU bound (model / hardware FLOPs): {100 * r['mfu_bound']:.1f}%",
+      "FITS" if r["fits"] else f"DOES NOT FIT: {r['error']}"]
+  return "\n".join(lines)
+
+
+def main():
+  """Flags are defined here, not at import, so tests can import this module."""
+  config_flag = config_lib.define_config_flag()
+  topology = flags.DEFINE_string(
+      "topology", None, f"Accelerator type, one of: {', '.join(topologies.TPU_TYPES)}.")
+  num_slices = flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN.")
+  flags.mark_flags_as_required(["config", "topology"])
+
+  def run(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    report = compile_report(config_lib.build(config_flag.value), topology.value,
+                            num_slices.value)
+    print(format_report(report))
+    sys.exit(0 if report["fits"] else 1)
+
+  app.run(run)
+
+
+if __name__ == "__main__":
+  main()

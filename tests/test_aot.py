@@ -1,0 +1,110 @@
+"""The compile-only TPU check (launch/aot.py): the accelerator-type table, tiny
+configs compiled for fake TPU topologies, a step that does not fit, bad input."""
+
+import pytest
+
+from launch import aot, topologies
+from model import flops
+from trainer import config as config_lib
+
+
+@pytest.mark.parametrize("name, topology, chips", [
+    ("v5p-8", "v5p:2x2x1", 4),
+    ("v5p-128", "v5p:4x4x4", 64),
+    ("v5p-256", "v5p:4x4x8", 128),  # the naming trap: 128 chips, not 256
+    ("v5e-1", "v5e:1x1", 1),
+    ("v5e-8", "v5e:2x4", 8),
+    ("v5e-16", "v5e:4x4", 16),
+    ("v5e-256", "v5e:16x16", 256),
+    ("v6e-64", "v6e:8x8", 64),
+    ("v4-32", "v4:2x2x4", 16),
+])
+def test_accelerator_type_table(name, topology, chips):
+  tpu = topologies.get(name)
+  assert (tpu.topology_name, tpu.chips) == (topology, chips)
+  assert 0 < tpu.usable_hbm_bytes < 1.1 * tpu.hbm_bytes and tpu.peak_bf16_flops > 1e14
+
+
+@pytest.mark.parametrize("name, slices", [("v4-32", 1), ("v5e-1", 1), ("v5p-16", 2)])
+def test_topology_gives_one_device_per_chip(name, slices):
+  devices = topologies.get(name).get_topology_desc(slices).devices
+  assert len(devices) == topologies.get(name).chips * slices
+  assert {d.platform for d in devices} == {"tpu"}
+
+
+def test_unknown_accelerator_type_names_it_and_the_valid_ones():
+  with pytest.raises(ValueError, match=r"'v5p-100'.*v5p-128.*v5e-256"):
+    topologies.get("v5p-100")
+
+
+def _tiny(batch=16, **mesh):
+  cd = config_lib.defaults()  # the tiny Griffin
+  cd.data.seq_len = 64
+  cd.data.global_batch_size = batch
+  for name, value in mesh.items():
+    cd.mesh[name] = value
+  return config_lib.build(cd)
+
+
+def _check_fits(report, config):
+  assert report["fits"] and report["error"] is None, report
+  for field in ("argument", "output", "temp", "generated_code", "peak"):
+    assert report[f"{field}_bytes"] > 0, field
+  # The state is donated: its buffers are the outputs' too.
+  assert 0 < report["alias_bytes"] <= report["output_bytes"]
+  assert report["peak_bytes"] < report["hbm_bytes"]
+  B, T = config.data.global_batch_size, config.data.seq_len
+  assert report["train_flops"] == flops.train_flops(config.model, B, T)
+  assert report["train_flops"] < report["hardware_flops"]  # remat full recomputes
+  assert report["xla_flops_per_device"] > 0
+  text = aot.format_report(report)
+  assert "peak" in text and "usable HBM" in text and text.endswith("FITS")
+
+
+def test_tiny_config_compiles_for_v5e_8():
+  config = _tiny(ici_data=2, ici_fsdp=2, ici_tensor=2)
+  report = aot.compile_report(config, "v5e-8")
+  assert report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert (report["chips"], report["topology"]) == (8, "v5e:2x4")
+  _check_fits(report, config)
+  assert report["roofline_step_s"] == pytest.approx(
+      report["hardware_flops"] / (8 * 197e12))
+
+
+def test_tiny_config_compiles_for_two_slices():
+  config = _tiny(ici_data=1, ici_fsdp=-1, dcn_data=-1)
+  report = aot.compile_report(config, "v5e-4", num_slices=2)
+  assert report["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
+  assert report["chips"] == 8
+  _check_fits(report, config)
+
+
+def test_step_that_does_not_fit_is_reported():
+  # 14B-wide embedding and MLP, one layer, on one 16 GB chip: the f32 state
+  # alone (~4.3B params x 16 bytes) is several times the HBM.
+  cd = config_lib.defaults()
+  cd.model.vocab_size = 32000
+  cd.model.width = 5120
+  cd.model.lru_width = 5120
+  cd.model.depth = 1
+  cd.model.head_dim = 128
+  cd.model.block_pattern = "R"
+  cd.data.seq_len = 64
+  cd.data.global_batch_size = 1
+  report = aot.compile_report(config_lib.build(cd), "v5e-1")
+  assert not report["fits"]
+  assert "HBM" in report["error"]
+  assert aot.format_report(report).splitlines()[-1].startswith("DOES NOT FIT")
+
+
+def test_bad_input_fails_before_compile():
+  with pytest.raises(ValueError, match="unknown TPU accelerator type 'v5e-3'"):
+    aot.compile_report(_tiny(), "v5e-3")
+  with pytest.raises(ValueError, match=r"global_batch_size=12 .* data x fsdp = 8 x 1 = 8"):
+    aot.compile_report(_tiny(batch=12), "v5e-8")
+  with pytest.raises(ValueError, match="mesh.ici_fsdp=3"):
+    aot.compile_report(_tiny(ici_data=1, ici_fsdp=3), "v5e-8")
+  with pytest.raises(ValueError, match="num_slices=0"):
+    aot.compile_report(_tiny(), "v5e-8", num_slices=0)
+  with pytest.raises(ValueError, match="heads"):  # 2 query heads over tensor = 4
+    aot.compile_report(_tiny(ici_data=2, ici_tensor=4), "v5e-8")
