@@ -7,6 +7,7 @@ commit marker on GCS); `latest_step()` never returns a half-written one.
 
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -54,7 +55,10 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=config.max_to_keep, keep_period=config.keep_period or None,
             enable_async_checkpointing=config.async_save, create=True),
-        item_names=(STATE, DATA, CONFIG))
+        # Handlers up front, so a fresh manager can read metadata before any save.
+        item_handlers={STATE: ocp.StandardCheckpointHandler(),
+                       DATA: grain.checkpoint.CheckpointHandler(),
+                       CONFIG: ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -63,7 +67,6 @@ class Checkpointer:
     """Starts an (async) save; returns at once. Nothing counts until committed."""
     items = {STATE: ocp.args.StandardSave(state), CONFIG: ocp.args.JsonSave(config_json)}
     if data_iterator is not None:
-      import grain  # Here only: the checkpoint is the one place that needs it.
       items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
     return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
@@ -76,7 +79,6 @@ class Checkpointer:
                  f"checkpoint {self.directory / str(step)}")
     items = {STATE: ocp.args.StandardRestore(target), CONFIG: ocp.args.JsonRestore()}
     if data_iterator is not None:
-      import grain
       items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored[STATE], restored[CONFIG]
@@ -104,3 +106,15 @@ def restore_params(path: str, setup: ShardedSetup):
       item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
       partial_restore=True))
   return restored["params"]
+
+
+def restore_state(path: str, setup: ShardedSetup):
+  """The full train state from a checkpoint step directory (`--init_from`);
+  the data position is not taken from it."""
+  target = restore_target(setup)
+  step_dir = epath.Path(path) / STATE
+  checkpointer = ocp.StandardCheckpointer()
+  saved = checkpointer.metadata(step_dir)
+  saved = getattr(saved, "item_metadata", saved)
+  check_shapes(getattr(saved, "tree", saved), target, f"checkpoint {path}")
+  return checkpointer.restore(step_dir, target)

@@ -1,0 +1,70 @@
+"""Step metrics: throughput and MFU, logged to absl, JSONL and TensorBoard."""
+
+import json
+import time
+
+import jax
+from absl import logging
+from etils import epath
+
+# Peak dense bf16 FLOP/s per device, by `device_kind`. A TPU v4/v5p device is
+# one chip (megacore); "n/a" (None) where we do not know the peak, e.g. CPU.
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5": 459e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H200": 989e12,
+}
+
+
+def peak_flops(device: jax.Device) -> float | None:
+  return PEAK_FLOPS.get(device.device_kind)
+
+
+class MetricsWriter:
+  """Writes one record per logged step; only process 0 writes files."""
+
+  def __init__(self, workdir: str, flops_per_step: float, tokens_per_step: int):
+    self.flops_per_step = flops_per_step
+    self.tokens_per_step = tokens_per_step
+    self.num_devices = jax.device_count()
+    self.peak = peak_flops(jax.devices()[0])
+    self.is_writer = jax.process_index() == 0
+    self.jsonl = epath.Path(workdir) / "metrics.jsonl"
+    self.tensorboard = None
+    if self.is_writer:
+      # tensorboardX writes event files (local or gs://) without TensorFlow.
+      import tensorboardX
+      self.tensorboard = tensorboardX.SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
+    self._last_time, self._last_step = None, None
+
+  def write(self, step: int, metrics: dict[str, float]):
+    """Logs `metrics` of `step` with tokens/s, TFLOP/s per device and MFU
+    measured since the previous call."""
+    now = time.time()
+    record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+    if self._last_time is not None and step > self._last_step:
+      seconds = (now - self._last_time) / (step - self._last_step)
+      record["tokens_per_s_per_device"] = self.tokens_per_step / seconds / self.num_devices
+      record["tflops_per_device"] = self.flops_per_step / seconds / self.num_devices / 1e12
+      if self.peak:
+        record["mfu"] = record["tflops_per_device"] * 1e12 / self.peak
+    self._last_time, self._last_step = now, step
+    mfu = f"{record['mfu']:.1%}" if "mfu" in record else "n/a"
+    logging.info("step %d | %s | mfu %s", step, " ".join(
+        f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "mfu")), mfu)
+    if self.is_writer:
+      with self.jsonl.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+      for key, value in record.items():
+        if key != "step":
+          self.tensorboard.add_scalar(key, value, step)
+
+  def close(self):
+    if self.tensorboard is not None:
+      self.tensorboard.close()
