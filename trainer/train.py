@@ -1,0 +1,40 @@
+"""Train a Griffin / Hawk / MQA model.
+
+    python -m trainer.train --config=configs/X.py --workdir=DIR_OR_GS_PATH \\
+        [--config.a.b=v ...] [--init_from=CKPT_STEP_DIR] [--init_params_from=...]
+
+Several processes (one per host, or `launch/local.py` on one machine) run the
+same command with --num_processes/--process_id/--coordinator_address; on Cloud
+TPU, `jax.distributed` discovers them itself.
+"""
+
+from absl import app, flags, logging
+
+from trainer import config as config_lib
+
+_CONFIG = config_lib.define_config_flag()
+_WORKDIR = flags.DEFINE_string("workdir", None, "Local directory or gs:// path.", required=True)
+_INIT_FROM = flags.DEFINE_string("init_from", "", "A checkpoint step dir: the full state.")
+_INIT_PARAMS_FROM = flags.DEFINE_string("init_params_from", "", "A checkpoint step dir: parameters only.")
+_PROFILE = flags.DEFINE_list("profile_steps", [], "START,STOP: write a profiler trace for these steps.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process CPU/GPU runs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index.")
+
+
+def main(argv):
+  del argv
+  from trainer.run import train  # after flag parsing: importing JAX is slow
+  logging.set_verbosity(logging.INFO)
+  config = config_lib.build(_CONFIG.value)
+  profile = tuple(int(s) for s in _PROFILE.value) if _PROFILE.value else None
+  if profile is not None and len(profile) != 2:
+    raise ValueError(f"--profile_steps={_PROFILE.value} must be START,STOP")
+  train(config, _WORKDIR.value, init_from=_INIT_FROM.value,
+        init_params_from=_INIT_PARAMS_FROM.value, profile_steps=profile,
+        coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
