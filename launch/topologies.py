@@ -11,9 +11,22 @@ No JAX import here: the table is plain data, usable before JAX starts.
 """
 
 import dataclasses
+import os
 
-GB = 10**9
 GIB = 2**30
+
+# libtpu looks for a TPU VM's metadata when it loads; on a plain host the first
+# two stop its warnings (they do not change what is compiled). Compile-only use
+# touches no TPU, so several processes may load libtpu at once (without the
+# third, the second one fails on /tmp/libtpu_lockfile).
+LIBTPU_ENV = (("TPU_ACCELERATOR_TYPE", "v5p-8"), ("TPU_WORKER_HOSTNAMES", "localhost"),
+              ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"))
+
+
+def quiet_libtpu():
+  """Sets LIBTPU_ENV where unset; call before libtpu loads (the first topology)."""
+  for name, value in LIBTPU_ENV:
+    os.environ.setdefault(name, value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +50,9 @@ _2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16
 GENERATIONS = {
     "v4": Generation("v4", True, 32 * GIB, int(30.75 * GIB), 275e12, _3D,
                      (("chip_config_name", "megacore"),)),
-    "v5p": Generation("v5p", True, 95 * GB, int(95.74 * GIB), 459e12, _3D),
-    "v5e": Generation("v5e", False, 16 * GB, int(15.75 * GIB), 197e12, _2D),
-    "v6e": Generation("v6e", False, 32 * GB, int(31.25 * GIB), 918e12, _2D),
+    "v5p": Generation("v5p", True, 95 * GIB, int(95.74 * GIB), 459e12, _3D),
+    "v5e": Generation("v5e", False, 16 * GIB, int(15.75 * GIB), 197e12, _2D),
+    "v6e": Generation("v6e", False, 32 * GIB, int(31.25 * GIB), 918e12, _2D),
 }
 
 
@@ -59,6 +72,7 @@ class TpuType:
     """The compile-only devices of `num_slices` slices of this type."""
     if not isinstance(num_slices, int) or isinstance(num_slices, bool) or num_slices < 1:
       raise ValueError(f"num_slices={num_slices!r} must be a positive integer.")
+    quiet_libtpu()
     from jax.experimental import topologies  # Only now: keep this module JAX-free.
     options = dict(self.topology_options)
     if self.chips == 1:  # libtpu's default host is 2x2 chips; a 1-chip slice needs its own.

@@ -1,35 +1,64 @@
 """The data pipeline's frozen config and its validation (no JAX import)."""
 
 import dataclasses
+import math
 
 DEFAULT_DATASET = "stdlib"  # The interpreter's standard library source; no download.
+TEXT_FILES = "text_files"  # The user's own files, matched by `DataConfig.files`.
+FILE_FORMATS = ("auto", "text", "jsonl")
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """What to read, how to tokenize it and how to batch it."""
 
-  dataset: str = DEFAULT_DATASET  # a registered TFDS name, or "stdlib"
-  data_dir: str = ""  # "" = the default cache dir; may be a gs:// path
+  dataset: str = DEFAULT_DATASET  # "stdlib", "text_files", or a registered TFDS name
+  data_dir: str = ""  # "" = ~/.cache/griffin/tfds; may be a gs:// path
   text_feature: str = "text"  # the dataset feature holding the text
   tokenizer: str = ""  # SentencePiece model path; "" = the one trained beside the data
   seq_len: int = 512  # tokens per packed example
   global_batch_size: int = 8  # examples per optimizer step, over all hosts
   shuffle_seed: int = 0
   worker_count: int = 0  # Grain worker processes; 0 = read in the main process
+  files: str = ""  # dataset="text_files": a glob of local files, e.g. "/d/*.jsonl"
+  file_format: str = "auto"  # "text" (a document per file), "jsonl" (per line), "auto"
+  jsonl_field: str = "text"  # the JSON key holding a JSONL line's text
+  validation_fraction: float = 0.1  # of the documents, chosen by a hash of their key
+  max_files: int = 0  # stdlib/text_files: use only the first N files; 0 = all
+  train_split: str = "train"
+  eval_split: str = "validation"
 
   def __post_init__(self):
-    for name in ("dataset", "text_feature"):
+    for name in ("dataset", "text_feature", "jsonl_field", "train_split",
+                 "eval_split"):
       value = getattr(self, name)
       if not isinstance(value, str) or not value:
         raise ValueError(f"data.{name}={value!r} must be a non-empty string.")
-    for name in ("data_dir", "tokenizer"):
+    for name in ("data_dir", "tokenizer", "files"):
       value = getattr(self, name)
       if not isinstance(value, str):
         raise ValueError(f"data.{name}={value!r} must be a string (\"\" for the "
                          "default).")
     _int_at_least(self, 1, "seq_len", "global_batch_size")
-    _int_at_least(self, 0, "shuffle_seed", "worker_count")
+    _int_at_least(self, 0, "shuffle_seed", "worker_count", "max_files")
+    if self.seq_len < 2:
+      raise ValueError(f"data.seq_len={self.seq_len} must be >= 2 (a row holds "
+                       "at least one input and one target).")
+    if self.file_format not in FILE_FORMATS:
+      raise ValueError(f"data.file_format={self.file_format!r} is not one of "
+                       f"{list(FILE_FORMATS)}.")
+    fraction = self.validation_fraction
+    if (not isinstance(fraction, (int, float)) or isinstance(fraction, bool)
+        or not math.isfinite(fraction) or not 0 < fraction < 1):
+      raise ValueError(f"data.validation_fraction={fraction!r} must be a number "
+                       "in (0, 1).")
+    if self.dataset == TEXT_FILES and not self.files:
+      raise ValueError(f"data.dataset={TEXT_FILES!r} needs data.files, a glob of "
+                       "the text or JSONL files to read (e.g. '/data/*.jsonl').")
+    if self.files and self.dataset != TEXT_FILES:
+      raise ValueError(f"data.files={self.files!r} is only read when data.dataset="
+                       f"{TEXT_FILES!r} (it is {self.dataset!r}); set one or clear "
+                       "the other.")
 
 
 def _int_at_least(config, low, *names):

@@ -27,10 +27,13 @@ def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -
   ici, dcn = config.resolve_ici_dcn(len(devices), slices)
   ici_shape = [ici[axis] for axis in AXES]
   dcn_shape = [dcn[axis] for axis in AXES]
+  # allow_split_physical_axes: e.g. data 8 x fsdp 32 on a 16x16 v5e slice
+  # splits a physical axis; only used when whole-axis layouts do not exist.
   if slices > 1:
-    grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices)
+    grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices,
+                                                allow_split_physical_axes=True)
   elif devices[0].platform == "tpu":
-    grid = mesh_utils.create_device_mesh(ici_shape, devices)
+    grid = mesh_utils.create_device_mesh(ici_shape, devices, allow_split_physical_axes=True)
   else:  # CPU/GPU test meshes: the order given.
     grid = np.asarray(devices).reshape(ici_shape)
   auto = (jax.sharding.AxisType.Auto,) * len(AXES)

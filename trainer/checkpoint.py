@@ -56,7 +56,7 @@ class Checkpointer:
             max_to_keep=config.max_to_keep, keep_period=config.keep_period or None,
             enable_async_checkpointing=config.async_save, create=True),
         # Handlers up front, so a fresh manager can read metadata before any save.
-        item_handlers={STATE: ocp.StandardCheckpointHandler(),
+        item_handlers={STATE: ocp.StandardCheckpointHandler(use_ocdbt=config.use_ocdbt),
                        DATA: grain.checkpoint.CheckpointHandler(),
                        CONFIG: ocp.JsonCheckpointHandler()})
 

@@ -60,6 +60,10 @@ class CheckpointConfig:
   max_to_keep: int = 3  # the most recent ones
   keep_period: int = 0  # also keep every step divisible by this; 0 = off
   async_save: bool = True
+  # OCDBT packs all arrays into a few files (fast on GCS). The GCS emulator
+  # the tests use answers OCDBT's conditional writes with generations that
+  # tensorstore rejects ("Malformed StorageGeneration"), so they turn it off.
+  use_ocdbt: bool = True
 
   def __post_init__(self):
     _int_at_least(self, "checkpoint", 1, "save_every_steps", "max_to_keep")

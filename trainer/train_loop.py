@@ -81,7 +81,7 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   loss without checkpointing the bad state.
   """
   check_workdir(workdir)
-  stop = stop or StopFlag()
+  stop = stop if stop is not None else StopFlag()
   mesh = make_mesh(config.mesh)
   rules.check_batch_divisible(config.data.global_batch_size, mesh)
   optimizer = make_optimizer(config.optimizer, config.run.steps)

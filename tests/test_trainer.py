@@ -1,0 +1,156 @@
+"""The trainer end to end: pinned losses through the real entry point, exact
+resume (local and gs://), keep policy, SIGTERM, NaN halt, several processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline.stdlib_bytes import byte_batches
+from trainer import config as config_lib
+from trainer.train_loop import NonFiniteLossError, StopFlag, run_steps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OVERRIDES = {"data.dataset": "stdlib_bytes", "data.seq_len": 32, "data.global_batch_size": 8,
+             "optimizer.warmup_steps": 2, "run.steps": 6, "run.log_every_steps": 1,
+             "checkpoint.save_every_steps": 3}
+
+
+def make_config(**overrides):
+  cd = config_lib.defaults()
+  for key, value in {**OVERRIDES, **overrides}.items():
+    section, field = key.split(".")
+    cd[section][field] = value
+  return config_lib.build(cd)
+
+
+def data(config):
+  return byte_batches("train", config.data.seq_len, config.data.global_batch_size,
+                      config.data.shuffle_seed, max_bytes=200_000)
+
+
+class Hooked:
+  """A data iterator that calls `hook(i, batch) -> batch` on the i-th batch and
+  keeps Grain's checkpointing (get_state/set_state) working."""
+
+  def __init__(self, iterator, hook):
+    self.iterator, self.hook, self.i = iterator, hook, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = self.hook(self.i, next(self.iterator))
+    self.i += 1
+    return batch
+
+  # Grain's checkpoint handler takes bytes from iterators that are not its own.
+  def get_state(self) -> bytes:
+    return json.dumps(self.iterator.get_state()).encode()
+
+  def set_state(self, state: bytes):
+    self.iterator.set_state(json.loads(state))
+
+
+def losses(history):
+  return [h["loss"] for h in history]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """6 steps without interruption."""
+  config = make_config()
+  return losses(run_steps(config, str(tmp_path_factory.mktemp("straight")), data(config)))
+
+
+def run_in_two_halves(workdir, **overrides):
+  first = run_steps(make_config(**{**overrides, "run.steps": 3}), workdir, data(make_config()))
+  second = run_steps(make_config(**overrides), workdir, data(make_config()))  # from step 3
+  return losses(first) + losses(second)
+
+
+def test_resume_is_bit_identical(straight_run, tmp_path):
+  assert run_in_two_halves(str(tmp_path)) == straight_run  # exact, not approximate
+
+
+def test_resume_on_gcs_is_bit_identical(straight_run, gcs_bucket):
+  # OCDBT off: see CheckpointConfig.use_ocdbt (an emulator limitation).
+  assert run_in_two_halves(f"{gcs_bucket}/resume", **{"checkpoint.use_ocdbt": False}) == straight_run
+
+
+def test_keep_policy(tmp_path):
+  config = make_config(**{"checkpoint.save_every_steps": 1, "checkpoint.max_to_keep": 2,
+                          "checkpoint.keep_period": 4})
+  run_steps(config, str(tmp_path), data(config))
+  kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert kept == [4, 5, 6]  # the last two, and every 4th
+
+
+def test_sigterm_saves_at_the_next_step_boundary(straight_run, tmp_path):
+  config = make_config()
+
+  def preempt(i, batch):
+    if i == 2:  # while step 3 is being prepared
+      os.kill(os.getpid(), signal.SIGTERM)
+    return batch
+
+  history = run_steps(config, str(tmp_path), Hooked(data(config), preempt),
+                      stop=StopFlag().install())
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  assert [h["step"] for h in history] == [1, 2, 3]
+  assert (tmp_path / "checkpoints" / "3").exists()
+  resumed = run_steps(config, str(tmp_path), data(config))
+  assert losses(history) + losses(resumed) == straight_run
+
+
+def test_non_finite_loss_halts_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = make_config(**{"checkpoint.save_every_steps": 1})
+
+  def poison(i, batch):
+    if i == 2:  # token ids past the vocabulary embed as NaN
+      return {**batch, "tokens": np.full_like(batch["tokens"], config.model.vocab_size)}
+    return batch
+
+  with pytest.raises(NonFiniteLossError, match="step 3: non-finite"):
+    run_steps(config, str(tmp_path), Hooked(data(config), poison))
+  steps = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == ["1", "2"]
+
+
+def test_unwritable_workdir_is_named(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  with pytest.raises(ValueError, match="is not a writable directory"):
+    run_steps(make_config(), str(blocker / "run"), iter([]))
+
+
+def _train_command(workdir, *extra):
+  flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, "run.steps": 3}.items()]
+  return [sys.executable, "-m", "trainer.train", f"--config={ROOT}/configs/smoke.py",
+          f"--workdir={workdir}", *flags, *extra]
+
+
+def _logged_losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line)["loss"] for line in f]
+
+
+def test_entry_point_pinned_losses_and_two_processes_match_one(tmp_path):
+  """The real command, 1 process x 8 devices, then 2 processes x 4 devices."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  one = str(tmp_path / "one")
+  subprocess.run(_train_command(one, "--config.mesh.ici_fsdp=2"), env=env, cwd=ROOT,
+                 check=True, capture_output=True)
+  # If a change is meant to alter numerics, update from the failure message.
+  np.testing.assert_allclose(_logged_losses(one), [5.725722, 5.645171, 4.626957], rtol=1e-6)
+  two = str(tmp_path / "two")
+  subprocess.run([sys.executable, "-m", "launch.local", "--num_processes=2",
+                  "--devices_per_process=4", f"--log_dir={tmp_path / 'logs'}", "--",
+                  *_train_command(two, "--config.mesh.ici_fsdp=2")], cwd=ROOT, check=True)
+  # gloo's cross-process sums round differently from in-process ones.
+  np.testing.assert_allclose(_logged_losses(two), _logged_losses(one), rtol=1e-6)
