@@ -38,11 +38,11 @@ def byte_rows(split: str, seq_len: int, max_bytes: int = 2_000_000) -> np.ndarra
   return np.concatenate(chunks).astype(np.int32)
 
 
-def byte_batches(split: str, seq_len: int, global_batch_size: int, seed: int,
+def byte_batches(split: str, seq_len: int, global_batch_size: int, seed: int | None,
                  process_index: int = 0, process_count: int = 1, max_bytes: int = 2_000_000):
   """A resumable Grain iterator of this host's rows of each global batch.
 
-  Global batch k is the same whatever the process count (shuffled rows
+  `seed=None` keeps file order (evaluation). Global batch k is the same whatever the process count (shuffled rows
   k*B..(k+1)*B-1); host i takes rows i*B/n..(i+1)*B/n-1 of it, so 1 host x 8
   devices and 2 hosts x 4 devices train on identical batches. Each row is one
   document: segment_pos = 0..T-1.
@@ -61,6 +61,8 @@ def byte_batches(split: str, seq_len: int, global_batch_size: int, seed: int,
     return {"tokens": rows_bT,
             "segment_pos": np.broadcast_to(segment_pos_T, rows_bT.shape).copy()}
 
-  dataset = (grain.MapDataset.source(rows_NT).shuffle(seed=seed).repeat()
-             .batch(global_batch_size, drop_remainder=True).map(host_rows))
+  dataset = grain.MapDataset.source(rows_NT)
+  if seed is not None:  # None: in order (evaluation)
+    dataset = dataset.shuffle(seed=seed)
+  dataset = dataset.repeat().batch(global_batch_size, drop_remainder=True).map(host_rows)
   return iter(dataset.to_iter_dataset())

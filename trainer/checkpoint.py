@@ -83,6 +83,10 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored[STATE], restored[CONFIG]
 
+  def config_only_args(self):
+    """Restore args that read only the run config of a step."""
+    return ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()})
+
   def wait(self):
     """Blocks until the last save is committed."""
     self.manager.wait_until_finished()

@@ -218,3 +218,16 @@ def _int_at_least(config, section, low, *names):
     value = getattr(config, name)
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
       raise ValueError(f"{section}.{name}={value!r} must be an integer >= {low}.")
+
+
+def to_dict(config: Config) -> dict:
+  """The JSON-able dict form of `config` (what `build` reads back)."""
+  values = {name: dataclasses.asdict(getattr(config, name))
+            for name in _SECTIONS if name != "model"}
+  values["model"] = model_config_dict(config.model).to_dict()
+  return values
+
+
+def from_dict(values: dict) -> Config:
+  """`build` for the dict form stored in checkpoints."""
+  return build(config_dict.ConfigDict(values))

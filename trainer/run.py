@@ -27,6 +27,16 @@ def make_train_iterator(config: Config):
   raise ValueError(f"data.dataset={data.dataset!r} is not available yet; valid: 'stdlib_bytes'")
 
 
+def make_eval_iterator(config: Config):
+  """This host's validation batches: deterministic, in order."""
+  data = config.data
+  if data.dataset == "stdlib_bytes":
+    return stdlib_bytes.byte_batches("validation", data.seq_len, data.global_batch_size,
+                                     seed=None, process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+  raise ValueError(f"data.dataset={data.dataset!r} is not available yet; valid: 'stdlib_bytes'")
+
+
 def train(config: Config, workdir: str, *, init_from: str = "", init_params_from: str = "",
           profile_steps=None, coordinator_address: str = "", num_processes: int = 1,
           process_id: int = 0) -> list[dict]:

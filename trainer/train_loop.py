@@ -1,6 +1,5 @@
 """The training loop: restore or initialise, step, log, checkpoint, stop cleanly."""
 
-import dataclasses
 import signal
 import threading
 
@@ -13,6 +12,7 @@ from model.flops import train_flops
 from sharding import rules
 from sharding.mesh import make_mesh
 from trainer.checkpoint import Checkpointer, restore_params, restore_state
+from trainer import config as config_lib
 from trainer.config import Config
 from trainer.metrics import MetricsWriter
 from trainer.optimizer import make_optimizer
@@ -94,7 +94,7 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   tokens = config.data.global_batch_size * config.data.seq_len
   writer = MetricsWriter(workdir, train_flops(
       config.model, config.data.global_batch_size, config.data.seq_len), tokens)
-  config_json = json_config(config)
+  config_json = config_lib.to_dict(config)
   history, pending = [], None  # pending: (step, metrics on device), read one step late
 
   def settle(pending):
@@ -136,13 +136,3 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
     writer.close()
   return history
 
-
-def json_config(config: Config) -> dict:
-  """The run config as JSON (enums by value) for the checkpoint."""
-  def plain(x):
-    if isinstance(x, dict):
-      return {k: plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-      return [plain(v) for v in x]
-    return getattr(x, "value", x)
-  return plain(dataclasses.asdict(config))
