@@ -19,21 +19,12 @@ from pipeline.tokenizer import Tokenizer, document_ids
 
 
 class Counts:
-  """Thread-safe counters. They log whenever the first counter of an `add`
-  reaches a power of two, so a long run logs a few dozen lines, not one per
-  document."""
+  """Thread-safe counters that log (once per `add`) whenever a count reaches a
+  power of two: the first skip of a kind shows at once, and a long run logs a
+  few dozen lines, not one per document."""
 
   def __init__(self, where: str):
     self._where, self._lock, self.values = where, threading.Lock(), {}
-
-  def add(self, **increments: int):
-    with self._lock:
-      old = self.values.get(next(iter(increments)), 0)
-      for name, n in increments.items():
-        self.values[name] = self.values.get(name, 0) + n
-      new = self.values[next(iter(increments))]
-      if new.bit_length() > old.bit_length():
-        logging.info("%s: %s", self._where, dict(self.values))
 
   def __getstate__(self):  # a Grain worker starts its own counts (and lock)
     return self._where
@@ -43,11 +34,13 @@ class Counts:
 
   def add(self, **increments: int):
     with self._lock:
+      crossed = False
       for name, n in increments.items():
         old = self.values.get(name, 0)
         self.values[name] = old + n
-        if n and (old + n).bit_length() > old.bit_length():
-          logging.info("%s: %s", self._where, dict(self.values))
+        crossed |= (old + n).bit_length() > old.bit_length()
+      if crossed:
+        logging.info("%s: %s", self._where, dict(self.values))
 
 
 class ReadAndTokenize:

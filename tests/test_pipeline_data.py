@@ -100,6 +100,14 @@ def test_a_glob_without_files_names_the_glob(tmp_path):
     sources.prepare(config)
 
 
+def test_a_split_without_documents_is_an_error(tmp_path):
+  (tmp_path / "only.txt").write_text("one document")  # lands in train
+  config = DataConfig(dataset="text_files", files=str(tmp_path / "*.txt"),
+                      data_dir=str(tmp_path / "tfds"), validation_fraction=0.01)
+  with pytest.raises(ValueError, match="validation split of text_files .* no documents"):
+    sources.prepare(config)
+
+
 def test_unknown_dataset_feature_or_split_is_named(tmp_path_factory):
   config, _ = small_stdlib(tmp_path_factory)
   with pytest.raises(ValueError, match="'no_such_corpus_xyz' is not a registered"):
