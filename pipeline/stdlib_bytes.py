@@ -14,7 +14,8 @@ def stdlib_files() -> list[pathlib.Path]:
   """The stdlib's .py files outside test folders, in a fixed order."""
   root = pathlib.Path(sysconfig.get_paths()["stdlib"])
   return sorted(p for p in root.rglob("*.py")
-                if not any(part in ("test", "tests", "idle_test") for part in p.parts))
+                if not any(part in ("test", "tests", "idle_test", "site-packages")
+                           for part in p.parts))
 
 
 def byte_rows(split: str, seq_len: int, max_bytes: int = 2_000_000) -> np.ndarray:

@@ -197,6 +197,9 @@ def defaults() -> config_dict.ConfigDict:
   for name, section_type in _SECTIONS.items():
     if name != "model":
       cd[name] = config_dict.ConfigDict(dataclasses.asdict(section_type()))
+  # The tiny default model reads bytes (vocabulary 256); configs that use the
+  # SentencePiece-tokenized corpus set data.dataset and model.vocab_size.
+  cd.data.dataset = "stdlib_bytes"
   cd.lock()
   return cd
 

@@ -34,7 +34,7 @@ def evaluate(workdir: str, step: int | None, eval_batches: int, make_batches) ->
   """Restores parameters only (never the optimizer state) onto this machine's
   devices, data-parallel, and scores `eval_batches` validation batches.
 
-  `make_batches(config)` yields host batches {"tokens", "segment_pos"}.
+  `make_batches(config, n)` yields host batches {"tokens", "segment_pos"}.
   Writes `eval_<step>.json` in the workdir and returns the numbers.
   """
   if not epath.Path(workdir).exists():
@@ -59,7 +59,7 @@ def evaluate(workdir: str, step: int | None, eval_batches: int, make_batches) ->
     return jnp.sum(jnp.where(counted_BT, nll_BT, 0.0)), jnp.sum(counted_BT)
 
   total, count = 0.0, 0
-  batches = make_batches(config)
+  batches = make_batches(config, eval_batches)
   with jax.set_mesh(mesh), rules.activation_rules():
     for _ in range(eval_batches):
       host_batch = next(batches)

@@ -17,24 +17,42 @@ def init_processes(coordinator_address: str, num_processes: int, process_id: int
                                num_processes=num_processes, process_id=process_id)
 
 
+def prepare_tokenizer(config: Config):
+  """Process 0 builds the dataset and tokenizer if missing; the others wait
+  for it and then only read (no two processes write the same files)."""
+  from jax.experimental import multihost_utils
+  from pipeline.prepare import prepare
+
+  tokenizer = None
+  if jax.process_index() == 0:
+    tokenizer = prepare(config.data, config.model.vocab_size, build_if_missing=True)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("griffin: data prepared")
+  if tokenizer is None:
+    tokenizer = prepare(config.data, config.model.vocab_size, build_if_missing=False)
+  return tokenizer
+
+
 def make_train_iterator(config: Config):
-  """This host's training batches for `config.data`."""
+  """This host's training batches for `config.data` (resumable)."""
   data = config.data
   if data.dataset == "stdlib_bytes":
     return stdlib_bytes.byte_batches("train", data.seq_len, data.global_batch_size,
                                      data.shuffle_seed, jax.process_index(),
                                      jax.process_count())
-  raise ValueError(f"data.dataset={data.dataset!r} is not available yet; valid: 'stdlib_bytes'")
+  from pipeline.grain_pipeline import train_iterator
+  return train_iterator(data, prepare_tokenizer(config))
 
 
-def make_eval_iterator(config: Config):
+def make_eval_iterator(config: Config, num_batches: int):
   """This host's validation batches: deterministic, in order."""
   data = config.data
   if data.dataset == "stdlib_bytes":
     return stdlib_bytes.byte_batches("validation", data.seq_len, data.global_batch_size,
                                      seed=None, process_index=jax.process_index(),
                                      process_count=jax.process_count())
-  raise ValueError(f"data.dataset={data.dataset!r} is not available yet; valid: 'stdlib_bytes'")
+  from pipeline.grain_pipeline import eval_batches
+  return iter(eval_batches(data, prepare_tokenizer(config), num_batches))
 
 
 def train(config: Config, workdir: str, *, init_from: str = "", init_params_from: str = "",
