@@ -55,7 +55,9 @@ def test_defaults_build_to_dataclass_defaults():
   assert config.model == ModelConfig(vocab_size=256, width=128, depth=3,
                                      lru_width=128, head_dim=64, gate_blocks=4,
                                      attention_window=32)
-  assert config.mesh == MeshConfig() and config.data == DataConfig()
+  # The tiny byte-level default model reads bytes, not the tokenized corpus.
+  assert config.mesh == MeshConfig()
+  assert config.data == DataConfig(dataset="stdlib_bytes")
   assert config.optimizer == config_lib.OptimizerConfig()
   assert config.checkpoint == config_lib.CheckpointConfig()
   assert config.run == config_lib.RunConfig()

@@ -15,7 +15,7 @@ from trainer import config as config_lib
 from trainer.train_loop import NonFiniteLossError, StopFlag, run_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OVERRIDES = {"data.dataset": "stdlib_bytes", "data.seq_len": 32, "data.global_batch_size": 8,
+OVERRIDES = {"data.dataset": "stdlib_bytes", "model.vocab_size": 256, "data.seq_len": 32, "data.global_batch_size": 8,
              "optimizer.warmup_steps": 2, "run.steps": 6, "run.log_every_steps": 1,
              "checkpoint.save_every_steps": 3}
 
@@ -154,3 +154,13 @@ def test_entry_point_pinned_losses_and_two_processes_match_one(tmp_path):
                   *_train_command(two, "--config.mesh.ici_fsdp=2")], cwd=ROOT, check=True)
   # gloo's cross-process sums round differently from in-process ones.
   np.testing.assert_allclose(_logged_losses(two), _logged_losses(one), rtol=1e-6)
+
+
+def test_another_process_count_is_refused_with_a_reason(tmp_path):
+  config = make_config(**{"run.steps": 2, "optimizer.warmup_steps": 1})
+  run_steps(config, str(tmp_path), data(config))
+  saved = tmp_path / "checkpoints" / "2" / "data" / "process_0-of-1.json"
+  saved.rename(saved.with_name("process_0-of-2.json"))  # as if 2 processes saved it
+  with pytest.raises(ValueError, match=r"data position of \[2\] process\(es\), but this run has 1"):
+    run_steps(make_config(**{"run.steps": 3, "optimizer.warmup_steps": 1}), str(tmp_path),
+              data(config))

@@ -79,9 +79,22 @@ class Checkpointer:
                  f"checkpoint {self.directory / str(step)}")
     items = {STATE: ocp.args.StandardRestore(target), CONFIG: ocp.args.JsonRestore()}
     if data_iterator is not None:
+      self._check_process_count(step)
       items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored[STATE], restored[CONFIG]
+
+  def _check_process_count(self, step: int):
+    """Grain keeps one iterator state per process (`process_<i>-of-<n>.json`):
+    a run with another process count cannot continue the same data order."""
+    names = [p.name for p in (self.directory / str(step) / DATA).glob("process_*-of-*.json")]
+    counts = {int(name.rsplit("-of-", 1)[1].split(".")[0]) for name in names}
+    if counts and counts != {jax.process_count()}:
+      raise ValueError(
+          f"checkpoint {self.directory / str(step)} holds the data position of "
+          f"{sorted(counts)} process(es), but this run has {jax.process_count()}; "
+          "resume with the same process count, or start the data afresh with "
+          "--init_from=<that step dir> (keeps the model and optimizer state)")
 
   def config_only_args(self):
     """Restore args that read only the run config of a step."""

@@ -109,9 +109,9 @@ class Config:
                        f"{self.optimizer.grad_accum_steps}; micro-batches must be "
                        "equal.")
     decay_steps = self.optimizer.decay_steps or self.run.steps
-    if self.optimizer.warmup_steps > decay_steps:
+    if self.optimizer.warmup_steps >= decay_steps:
       raise ValueError(f"optimizer.warmup_steps={self.optimizer.warmup_steps} "
-                       f"exceeds the decay steps ({decay_steps}: "
+                       f"must be below the decay steps ({decay_steps}: "
                        "optimizer.decay_steps, or run.steps when it is 0).")
 
 

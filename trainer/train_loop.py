@@ -39,6 +39,13 @@ class StopFlag:
     return self.event.is_set()
 
 
+def barrier(name: str, timeout_minutes: int = 30):
+  """All processes wait here (the coordination service, not a collective)."""
+  if jax.process_count() > 1:
+    from jax._src import distributed  # the public API has no timed barrier
+    distributed.global_state.client.wait_at_barrier(name, timeout_minutes * 60_000)
+
+
 def check_workdir(workdir: str) -> epath.Path:
   """Creates the workdir if needed; a clear error if it cannot be written."""
   path = epath.Path(workdir)
@@ -90,6 +97,8 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   state = initial_state(config, optimizer, setup, checkpointer, data_iterator,
                         init_from, init_params_from)
   train_step = TrainStep(setup, optimizer, mesh, config.optimizer.z_loss)
+  train_step.compile_now(state, (config.data.global_batch_size, config.data.seq_len))
+  barrier("griffin: train step compiled")
   row = rules.batch_sharding(mesh)
   tokens = config.data.global_batch_size * config.data.seq_len
   writer = MetricsWriter(workdir, train_flops(

@@ -37,6 +37,7 @@ class TrainStep:
       return TrainState(state.step + 1, params, opt_state), metrics
 
     batch = rules.batch_sharding(mesh)
+    self._compiled = None  # set by compile_now
     self._jitted = jax.jit(step, in_shardings=(setup.shardings, batch, batch),
                            out_shardings=(setup.shardings, None),
                            donate_argnames=("state",))
@@ -50,7 +51,17 @@ class TrainStep:
 
   def __call__(self, state: TrainState, tokens_BT, segment_pos_BT):
     with self.context():
+      if self._compiled is not None:
+        return self._compiled(state, tokens_BT, segment_pos_BT)
       return self._jitted(state, tokens_BT, segment_pos_BT)
+
+  def compile_now(self, state: TrainState, batch_shape: tuple[int, int]):
+    """Compiles before the first step, so that processes reach their first
+    collective together (gloo gives up after 30 s; CPU compiles of the two
+    processes can differ by more)."""
+    row = rules.batch_sharding(self.mesh)
+    batch = jax.ShapeDtypeStruct(batch_shape, jax.numpy.int32, sharding=row)
+    self._compiled = self.lower(state, batch, batch).compile()
 
   def lower(self, state, tokens_BT, segment_pos_BT):
     """Lower for the given (possibly abstract) arguments, e.g. a TPU topology."""
