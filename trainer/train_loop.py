@@ -91,6 +91,9 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   stop = stop if stop is not None else StopFlag()
   mesh = make_mesh(config.mesh)
   rules.check_batch_divisible(config.data.global_batch_size, mesh)
+  if config.optimizer.grad_accum_steps != 1:
+    raise ValueError(f"optimizer.grad_accum_steps={config.optimizer.grad_accum_steps}: "
+                     "gradient accumulation is not implemented yet; use 1")
   optimizer = make_optimizer(config.optimizer, config.run.steps)
   setup = plan_state(config.model, optimizer, mesh)
   checkpointer = Checkpointer(workdir, config.checkpoint)
