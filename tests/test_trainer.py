@@ -79,7 +79,12 @@ def test_resume_is_bit_identical(straight_run, tmp_path):
 
 def test_resume_on_gcs_is_bit_identical(straight_run, gcs_bucket):
   # OCDBT off: see CheckpointConfig.use_ocdbt (an emulator limitation).
-  assert run_in_two_halves(f"{gcs_bucket}/resume", **{"checkpoint.use_ocdbt": False}) == straight_run
+  workdir = f"{gcs_bucket}/resume"
+  assert run_in_two_halves(workdir, **{"checkpoint.use_ocdbt": False}) == straight_run
+  from etils import epath
+  logged = [json.loads(line)["step"] for line in
+            (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  assert logged == [1, 2, 3, 4, 5, 6]  # both runs' records, none overwritten
 
 
 def test_keep_policy(tmp_path):

@@ -36,6 +36,10 @@ class MetricsWriter:
     self.peak = peak_flops(jax.devices()[0])
     self.is_writer = jax.process_index() == 0
     self.jsonl = epath.Path(workdir) / "metrics.jsonl"
+    # GCS objects cannot be appended to (gcsfs silently overwrites), so the
+    # file is rewritten whole, starting from what a previous run logged.
+    self._lines = self.jsonl.read_text().splitlines() if (
+        self.is_writer and self.jsonl.exists()) else []
     self.tensorboard = None
     if self.is_writer:
       # tensorboardX writes event files (local or gs://) without TensorFlow.
@@ -59,8 +63,8 @@ class MetricsWriter:
     logging.info("step %d | %s | mfu %s", step, " ".join(
         f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "mfu")), mfu)
     if self.is_writer:
-      with self.jsonl.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+      self._lines.append(json.dumps(record))
+      self.jsonl.write_text("\n".join(self._lines) + "\n")
       for key, value in record.items():
         if key != "step":
           self.tensorboard.add_scalar(key, value, step)
