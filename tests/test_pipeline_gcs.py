@@ -37,7 +37,7 @@ def _free_port() -> int:
 def bucket():
   """`gs://bkt` on an in-memory emulator on a loopback port."""
   if EMULATOR is None:
-    pytest.skip("gcp-storage-emulator is not installed (pip install .[test])")
+    raise RuntimeError("gcp-storage-emulator is not installed: pip install -e '.[test]'")
   port = _free_port()
   process = subprocess.Popen(
       [EMULATOR, "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
