@@ -4,7 +4,6 @@ import json
 import math
 
 import jax
-import jax.numpy as jnp
 from absl import logging
 from etils import epath
 from flax import nnx
@@ -14,6 +13,7 @@ from sharding.config import MeshConfig
 from sharding.mesh import make_mesh
 from trainer import config as config_lib
 from trainer.checkpoint import Checkpointer, restore_params
+from trainer.loss import next_token_nll
 from trainer.optimizer import make_optimizer
 from trainer.state import plan_state
 
@@ -53,10 +53,7 @@ def evaluate(workdir: str, step: int | None, eval_batches: int, make_batches) ->
   @jax.jit
   def nll_sum_and_count(params, tokens_BT, segment_pos_BT):
     logits_BTV, _ = nnx.merge(setup.graphdef, params)(tokens_BT, segment_pos_BT)
-    logp_BTV = jax.nn.log_softmax(logits_BTV[:, :-1])
-    nll_BT = -jnp.take_along_axis(logp_BTV, tokens_BT[:, 1:, None], axis=-1)[..., 0]
-    counted_BT = segment_pos_BT[:, 1:] != 0
-    return jnp.sum(jnp.where(counted_BT, nll_BT, 0.0)), jnp.sum(counted_BT)
+    return next_token_nll(logits_BTV, tokens_BT, segment_pos_BT)
 
   total, count = 0.0, 0
   batches = make_batches(config, eval_batches)
