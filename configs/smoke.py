@@ -14,7 +14,7 @@ The same on 8 fake CPU devices with a data x fsdp x tensor = 2x2x2 mesh:
       --config=configs/smoke.py --workdir=/tmp/griffin_smoke_8 \\
       --config.mesh.ici_fsdp=2 --config.mesh.ici_tensor=2
 
-Expected (measured 2026-11-24, 2 shared CPU cores, fresh clone): corpus and
+Expected: (measured 2026-11-24, 2 shared CPU cores, fresh clone) corpus and
 tokenizer built in a few seconds, 600 steps in about 3 minutes, training loss
 9.0 at step 1 falling to ~4.4-5.7 (noisy batches), and the evaluate command
 prints "step 600: validation loss 5.13, perplexity 169" (3,935 tokens).

@@ -85,6 +85,8 @@ def test_resume_on_gcs_is_bit_identical(straight_run, gcs_bucket):
   logged = [json.loads(line)["step"] for line in
             (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
   assert logged == [1, 2, 3, 4, 5, 6]  # both runs' records, none overwritten
+  event_files = list((epath.Path(workdir) / "tensorboard").iterdir())
+  assert len(event_files) == 2 and all(f.stat().length > 0 for f in event_files)
 
 
 def test_keep_policy(tmp_path):

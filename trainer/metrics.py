@@ -1,6 +1,8 @@
 """Step metrics: throughput and MFU, logged to absl, JSONL and TensorBoard."""
 
 import json
+import shutil
+import tempfile
 import time
 
 import jax
@@ -41,10 +43,15 @@ class MetricsWriter:
     self._lines = self.jsonl.read_text().splitlines() if (
         self.is_writer and self.jsonl.exists()) else []
     self.tensorboard = None
+    self._remote = "://" in str(workdir)
+    self._tensorboard_dir = epath.Path(workdir) / "tensorboard"
     if self.is_writer:
-      # tensorboardX writes event files (local or gs://) without TensorFlow.
+      # tensorboardX writes event files without TensorFlow. Its own gs:// writer
+      # re-uploads from `__del__`, possibly after storage has gone away, so for
+      # a remote workdir events are written locally and copied at each write.
       import tensorboardX
-      self.tensorboard = tensorboardX.SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
+      local = tempfile.mkdtemp(prefix="tensorboard_") if self._remote else self._tensorboard_dir
+      self.tensorboard = tensorboardX.SummaryWriter(str(local))
     self._last_time, self._last_step = None, None
 
   def write(self, step: int, metrics: dict[str, float]):
@@ -68,7 +75,19 @@ class MetricsWriter:
       for key, value in record.items():
         if key != "step":
           self.tensorboard.add_scalar(key, value, step)
+      self._sync_tensorboard()
+
+  def _sync_tensorboard(self):
+    self.tensorboard.flush()
+    if self._remote:
+      local = epath.Path(self.tensorboard.logdir)
+      for event_file in local.iterdir():
+        (self._tensorboard_dir / event_file.name).write_bytes(event_file.read_bytes())
 
   def close(self):
     if self.tensorboard is not None:
+      self._sync_tensorboard()
       self.tensorboard.close()
+      if self._remote:
+        shutil.rmtree(self.tensorboard.logdir, ignore_errors=True)
+      self.tensorboard = None
