@@ -33,4 +33,6 @@ def get_config():
   cd.run.steps = 600
   cd.run.log_every_steps = 25
   cd.checkpoint.save_every_steps = 200
+  cd.run.eval_every_steps = 200
+  cd.run.eval_steps = 4
   return cd

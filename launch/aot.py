@@ -47,12 +47,13 @@ def validate(config: config_lib.Config, accelerator_type: str,
     raise ValueError(f"num_slices={num_slices!r} must be a positive integer.")
   sizes = config.mesh.resolve(tpu.chips * num_slices, num_slices)
   batch_ways = sizes["data"] * sizes["fsdp"]
-  if config.data.global_batch_size % batch_ways:
+  accum = config.optimizer.grad_accum_steps
+  if config.data.global_batch_size % (batch_ways * accum):
     raise ValueError(
-        f"data.global_batch_size={config.data.global_batch_size} is not divisible by "
-        f"the batch's mesh ways data x fsdp = {sizes['data']} x {sizes['fsdp']} = "
-        f"{batch_ways} on {num_slices} x {accelerator_type}; use a multiple of "
-        f"{batch_ways}.")
+        f"data.global_batch_size={config.data.global_batch_size} in {accum} micro-batch(es) "
+        f"is not divisible by the batch's mesh ways data x fsdp = {sizes['data']} x "
+        f"{sizes['fsdp']} = {batch_ways} on {num_slices} x {accelerator_type}; use a "
+        f"multiple of {batch_ways * accum}.")
   return tpu, sizes
 
 
@@ -110,7 +111,8 @@ def compile_report(config: config_lib.Config, accelerator_type: str,
       mfu_bound=train / hardware, error=None)
   start = time.perf_counter()
   try:
-    compiled = TrainStep(setup, optimizer, mesh, config.optimizer.z_loss).lower(
+    compiled = TrainStep(setup, optimizer, mesh, config.optimizer.z_loss,
+                         config.optimizer.grad_accum_steps).lower(
         state, batch_BT, batch_BT).compile()
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):

@@ -67,3 +67,17 @@ def byte_batches(split: str, seq_len: int, global_batch_size: int, seed: int | N
     dataset = dataset.shuffle(seed=seed)
   dataset = dataset.repeat().batch(global_batch_size, drop_remainder=True).map(host_rows)
   return iter(dataset.to_iter_dataset())
+
+
+class ByteTokenizer:
+  """Text <-> the byte ids these rows hold (vocabulary 256, no BOS or EOS)."""
+
+  vocab_size = 256
+  bos_id = -1  # SentencePiece's value for "none"
+  eos_id = -1
+
+  def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    return [list(text.encode("utf-8")) for text in texts]
+
+  def decode(self, ids) -> str:
+    return bytes(int(i) for i in ids).decode("utf-8", errors="replace")

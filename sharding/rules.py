@@ -90,18 +90,26 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, spec_for(("batch", None), "batch"))
 
 
+def microbatch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """(K, B/K, T) micro-batches: each one's rows over data x fsdp, as a batch's."""
+  return NamedSharding(mesh, spec_for((None, "batch", None), "micro-batches"))
+
+
 def activation_rules():
   """Context in which the model's `constrain(x, names)` calls take effect
   (use together with `jax.set_mesh(mesh)`)."""
   return nnx.logical_axis_rules(RULES)
 
 
-def check_batch_divisible(global_batch_size: int, mesh: jax.sharding.Mesh):
-  """The batch splits evenly over the devices that hold different rows."""
+def check_batch_divisible(global_batch_size: int, mesh: jax.sharding.Mesh,
+                          grad_accum_steps: int = 1):
+  """Each micro-batch splits evenly over the devices that hold different rows."""
   rows = 1
   for axis in _TABLE["batch"]:
     rows *= mesh.shape[axis]
-  if global_batch_size % rows:
-    raise ValueError(f"data.global_batch_size={global_batch_size} is not divisible by "
+  if global_batch_size % (rows * grad_accum_steps):
+    accum = (f" / optimizer.grad_accum_steps={grad_accum_steps} micro-batches"
+             if grad_accum_steps > 1 else "")
+    raise ValueError(f"data.global_batch_size={global_batch_size}{accum} is not divisible by "
                      f"the {rows} batch shards (mesh axes {_TABLE['batch']} of "
-                     f"{dict(mesh.shape)}); use a multiple of {rows}")
+                     f"{dict(mesh.shape)}); use a multiple of {rows * grad_accum_steps}")

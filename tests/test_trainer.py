@@ -89,6 +89,66 @@ def test_resume_on_gcs_is_bit_identical(straight_run, gcs_bucket):
   assert len(event_files) == 2 and all(f.stat().length > 0 for f in event_files)
 
 
+def test_gradient_accumulation_makes_the_same_updates(straight_run, tmp_path):
+  mesh = {"mesh.ici_data": 2, "mesh.ici_fsdp": 2, "mesh.ici_tensor": 2}
+  config = make_config(**mesh, **{"optimizer.grad_accum_steps": 2})
+  accumulated = losses(run_steps(config, str(tmp_path), data(config)))
+  # Two micro-batches of 4 rows sum in another order than one batch of 8.
+  np.testing.assert_allclose(accumulated, straight_run, rtol=2e-6)
+
+
+def test_micro_batches_that_do_not_split_over_the_mesh_are_refused(tmp_path):
+  config = make_config(**{"optimizer.grad_accum_steps": 2})  # 4 rows, 8 batch shards
+  with pytest.raises(ValueError, match=r"global_batch_size=8 / optimizer.grad_accum_steps=2 "
+                     r"micro-batches is not divisible by the 8 batch shards.*multiple of 16"):
+    run_steps(config, str(tmp_path), iter([]))
+
+
+def advanced(config, batches):
+  """The data iterator after `batches` batches, as in the straight run."""
+  iterator = data(config)
+  for _ in range(batches):
+    next(iterator)
+  return iterator
+
+
+@pytest.fixture(scope="module")
+def step_3_checkpoint(tmp_path_factory):
+  """The straight run's first half, saved at step 3."""
+  workdir = tmp_path_factory.mktemp("source")
+  run_steps(make_config(**{"run.steps": 3}), str(workdir), data(make_config()))
+  return str(workdir / "checkpoints" / "3")
+
+
+def test_init_from_continues_the_full_state(straight_run, step_3_checkpoint, tmp_path):
+  config = make_config()
+  history = run_steps(config, str(tmp_path), advanced(config, 3), init_from=step_3_checkpoint)
+  assert [h["step"] for h in history] == [4, 5, 6]  # step and optimizer state kept
+  assert losses(history) == straight_run[3:]
+
+
+def test_init_params_from_takes_parameters_only_and_writes_a_profile(
+    straight_run, step_3_checkpoint, tmp_path):
+  config = make_config(**{"run.steps": 3})
+  history = run_steps(config, str(tmp_path), advanced(config, 3),
+                      init_params_from=step_3_checkpoint, profile_steps=(2, 2))
+  assert [h["step"] for h in history] == [1, 2, 3]  # a fresh optimizer, from step 0
+  assert history[0]["loss"] == straight_run[3]  # the source's parameters
+  assert history[1]["loss"] != straight_run[4]  # updated by a fresh optimizer
+  traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
+def test_a_missing_bucket_is_named_and_not_created(gcs_bucket):
+  import gcsfs
+  with pytest.raises(ValueError, match="gs://no-such-bucket/run: the bucket "
+                     "gs://no-such-bucket does not exist"):
+    run_steps(make_config(), "gs://no-such-bucket/run", iter([]))
+  storage = gcsfs.GCSFileSystem(token="anon")
+  storage.invalidate_cache()
+  assert "no-such-bucket/" not in storage.ls("")
+
+
 def test_keep_policy(tmp_path):
   config = make_config(**{"checkpoint.save_every_steps": 1, "checkpoint.max_to_keep": 2,
                           "checkpoint.keep_period": 4})

@@ -1,9 +1,12 @@
-"""Evaluation of a saved checkpoint: validation loss and perplexity."""
+"""Evaluation of a saved checkpoint: validation loss and perplexity, and the
+loss by document position at lengths beyond training (the paper's Fig. 5)."""
 
-import json
+import dataclasses
+import functools
 import math
 
 import jax
+import numpy as np
 from absl import logging
 from etils import epath
 from flax import nnx
@@ -12,10 +15,45 @@ from sharding import rules
 from sharding.config import MeshConfig
 from sharding.mesh import make_mesh
 from trainer import config as config_lib
+from trainer import eval_report
 from trainer.checkpoint import Checkpointer, restore_params
-from trainer.loss import next_token_nll
+from trainer.loss import next_token_nll_by_position
 from trainer.optimizer import make_optimizer
 from trainer.state import plan_state
+
+
+class Scorer:
+  """Sums and counts of next-token NLL by document position over batches."""
+
+  def __init__(self, graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh):
+    self.mesh = mesh
+    self.row = rules.batch_sharding(mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    @functools.partial(jax.jit, out_shardings=replicated)  # every process reads them
+    def by_position(params, tokens_BT, segment_pos_BT):
+      logits_BTV, _ = nnx.merge(graphdef, params)(tokens_BT, segment_pos_BT)
+      return next_token_nll_by_position(logits_BTV, tokens_BT, segment_pos_BT)
+
+    self._by_position = by_position
+
+  def __call__(self, params, batches, num_batches: int, seq_len: int):
+    """(sum_T, count_T) in float64 / int64 over `num_batches` host batches."""
+    sum_T, count_T = np.zeros(seq_len), np.zeros(seq_len, np.int64)
+    with jax.set_mesh(self.mesh), rules.activation_rules():
+      for _ in range(num_batches):
+        host_batch = next(batches)
+        arrays = [jax.make_array_from_process_local_data(self.row, host_batch[k])
+                  for k in ("tokens", "segment_pos")]
+        s_T, n_T = jax.device_get(self._by_position(params, *arrays))
+        sum_T += s_T
+        count_T += n_T
+    return sum_T, count_T
+
+
+def summary(sum_T, count_T) -> dict:
+  loss = float(sum_T.sum() / max(count_T.sum(), 1))
+  return {"loss": loss, "perplexity": math.exp(loss), "tokens": int(count_T.sum())}
 
 
 def find_step(checkpointer: Checkpointer, step: int | None) -> int:
@@ -30,43 +68,67 @@ def find_step(checkpointer: Checkpointer, step: int | None) -> int:
   return step
 
 
-def evaluate(workdir: str, step: int | None, eval_batches: int, make_batches) -> dict:
-  """Restores parameters only (never the optimizer state) onto this machine's
-  devices, data-parallel, and scores `eval_batches` validation batches.
-
-  `make_batches(config, n)` yields host batches {"tokens", "segment_pos"}.
-  Writes `eval_<step>.json` in the workdir and returns the numbers.
-  """
+def open_checkpoint(workdir: str, step: int | None, overrides: dict) -> tuple:
+  """(checkpointer, step, the run config of that step with `overrides`
+  {"section.field": value} applied, the training sequence length)."""
   if not epath.Path(workdir).exists():
     raise ValueError(f"--workdir={workdir} does not exist")
   checkpointer = Checkpointer(workdir, config_lib.CheckpointConfig())
   step = find_step(checkpointer, step)
-  saved = checkpointer.manager.restore(step, args=checkpointer.config_only_args())
-  config = config_lib.from_dict(saved["config"])
-  # Any device count: the saved mesh is not needed to read the parameters.
-  mesh = make_mesh(MeshConfig(ici_data=-1))
-  rules.check_batch_divisible(config.data.global_batch_size, mesh)
+  values = checkpointer.manager.restore(step, args=checkpointer.config_only_args())["config"]
+  train_seq_len = values["data"]["seq_len"]
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    values[section][field] = value
+  return checkpointer, step, config_lib.from_dict(values), train_seq_len
+
+
+def data_parallel_mesh() -> jax.sharding.Mesh:
+  """All of this machine's devices on the batch: any device or process count
+  reads the parameters, whatever the mesh at save time."""
+  return make_mesh(MeshConfig(ici_data=-1))
+
+
+def restore_here(checkpointer: Checkpointer, step: int, config, mesh) -> tuple:
+  """(setup, params): parameters only (never the optimizer state), on `mesh`."""
   setup = plan_state(config.model, make_optimizer(config.optimizer, config.run.steps), mesh)
-  params = restore_params(str(checkpointer.directory / str(step)), setup)
-  row = rules.batch_sharding(mesh)
+  return setup, restore_params(str(checkpointer.directory / str(step)), setup)
 
-  @jax.jit
-  def nll_sum_and_count(params, tokens_BT, segment_pos_BT):
-    logits_BTV, _ = nnx.merge(setup.graphdef, params)(tokens_BT, segment_pos_BT)
-    return next_token_nll(logits_BTV, tokens_BT, segment_pos_BT)
 
-  total, count = 0.0, 0
+def evaluate(workdir: str, step: int | None, eval_batches: int, make_batches,
+             overrides: dict | None = None, length_multiple: int = 4) -> dict:
+  """Restores parameters only (never the optimizer state) onto this machine's
+  devices, data-parallel, and scores `eval_batches` validation batches at the
+  configured length, then at `length_multiple` x the training length by
+  document position (0 = skip).
+
+  `make_batches(config, n)` yields host batches {"tokens", "segment_pos"}.
+  Writes `eval_<step>.json` (and a plot of the loss by position) in the
+  workdir and returns the numbers.
+  """
+  if not isinstance(length_multiple, int) or length_multiple < 0:
+    raise ValueError(f"--length_multiple={length_multiple!r} must be an integer >= 0 "
+                     "(0 skips the loss by position)")
+  checkpointer, step, config, train_seq_len = open_checkpoint(workdir, step, overrides or {})
+  mesh = data_parallel_mesh()
+  rules.check_batch_divisible(config.data.global_batch_size, mesh)
+  # The data (and its tokenizer's vocabulary check) before reading parameters.
   batches = make_batches(config, eval_batches)
-  with jax.set_mesh(mesh), rules.activation_rules():
-    for _ in range(eval_batches):
-      host_batch = next(batches)
-      arrays = [jax.make_array_from_process_local_data(row, host_batch[k])
-                for k in ("tokens", "segment_pos")]
-      s, n = nll_sum_and_count(params, *arrays)
-      total, count = total + float(s), count + int(n)
-  loss = total / max(count, 1)
-  result = {"step": step, "loss": loss, "perplexity": math.exp(loss), "tokens": count}
-  if jax.process_index() == 0:
-    (epath.Path(workdir) / f"eval_{step}.json").write_text(json.dumps(result, indent=2))
+  long_batches = None
+  if length_multiple:
+    long_data = dataclasses.replace(config.data, seq_len=train_seq_len * length_multiple)
+    long_batches = make_batches(dataclasses.replace(config, data=long_data), eval_batches)
+  setup, params = restore_here(checkpointer, step, config, mesh)
+  scorer = Scorer(setup.graphdef, mesh)
+
+  result = {"step": step, "seq_len": config.data.seq_len,
+            **summary(*scorer(params, batches, eval_batches, config.data.seq_len))}
   logging.info("evaluation of step %d: %s", step, result)
+  if long_batches is not None:
+    sum_T, count_T = scorer(params, long_batches, eval_batches, long_data.seq_len)
+    result["by_position"] = {"train_seq_len": train_seq_len, "seq_len": long_data.seq_len,
+                             **summary(sum_T, count_T),
+                             "nll_sum": sum_T.tolist(), "count": count_T.tolist()}
+  if jax.process_index() == 0:
+    eval_report.write(workdir, result)
   return result

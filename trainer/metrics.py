@@ -69,12 +69,21 @@ class MetricsWriter:
     mfu = f"{record['mfu']:.1%}" if "mfu" in record else "n/a"
     logging.info("step %d | %s | mfu %s", step, " ".join(
         f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "mfu")), mfu)
+    self._record(record)
+
+  def write_eval(self, step: int, metrics: dict[str, float]):
+    """Logs validation metrics of `step` (no throughput: not a train step)."""
+    record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+    logging.info("step %d | %s", step, " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    self._record(record)
+
+  def _record(self, record: dict):
     if self.is_writer:
       self._lines.append(json.dumps(record))
       self.jsonl.write_text("\n".join(self._lines) + "\n")
       for key, value in record.items():
         if key != "step":
-          self.tensorboard.add_scalar(key, value, step)
+          self.tensorboard.add_scalar(key, value, record["step"])
       self._sync_tensorboard()
 
   def _sync_tensorboard(self):

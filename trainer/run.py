@@ -33,6 +33,13 @@ def prepare_tokenizer(config: Config):
   return tokenizer
 
 
+def make_tokenizer(config: Config):
+  """Text <-> ids for `config.data` (bytes for "stdlib_bytes")."""
+  if config.data.dataset == "stdlib_bytes":
+    return stdlib_bytes.ByteTokenizer()
+  return prepare_tokenizer(config)
+
+
 def make_train_iterator(config: Config):
   """This host's training batches for `config.data` (resumable)."""
   data = config.data
@@ -63,7 +70,8 @@ def train(config: Config, workdir: str, *, init_from: str = "", init_params_from
                jax.process_count(), jax.local_device_count(), jax.device_count())
   history = run_steps(config, workdir, make_train_iterator(config), init_from=init_from,
                       init_params_from=init_params_from, stop=StopFlag().install(),
-                      profile_steps=profile_steps)
+                      profile_steps=profile_steps,
+                      eval_data=lambda: make_eval_iterator(config, config.run.eval_steps))
   if history:
     print(f"trained to step {history[-1]['step']}: loss {history[-1]['loss']:.4f}")
   return history

@@ -16,10 +16,24 @@ _CONFIG = config_lib.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Local directory or gs:// path.", required=True)
 _INIT_FROM = flags.DEFINE_string("init_from", "", "A checkpoint step dir: the full state.")
 _INIT_PARAMS_FROM = flags.DEFINE_string("init_params_from", "", "A checkpoint step dir: parameters only.")
-_PROFILE = flags.DEFINE_list("profile_steps", [], "START,STOP: write a profiler trace for these steps.")
+_PROFILE = flags.DEFINE_list("profile_steps", [], "START,STOP: write a profiler trace of steps "
+                             "START..STOP (inclusive, from 1) to <workdir>/profile.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process CPU/GPU runs).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index.")
+
+
+def parse_profile_steps(values: list[str], steps: int) -> tuple[int, int] | None:
+  if not values:
+    return None
+  try:
+    start, stop = (int(v) for v in values)
+  except ValueError:
+    start = stop = None
+  if start is None or not 1 <= start <= stop <= steps:
+    raise ValueError(f"--profile_steps={','.join(values)} must be START,STOP with "
+                     f"1 <= START <= STOP <= run.steps={steps}, e.g. --profile_steps=5,7")
+  return start, stop
 
 
 def main(argv):
@@ -27,9 +41,7 @@ def main(argv):
   from trainer.run import train  # after flag parsing: importing JAX is slow
   logging.set_verbosity(logging.INFO)
   config = config_lib.build(_CONFIG.value)
-  profile = tuple(int(s) for s in _PROFILE.value) if _PROFILE.value else None
-  if profile is not None and len(profile) != 2:
-    raise ValueError(f"--profile_steps={_PROFILE.value} must be START,STOP")
+  profile = parse_profile_steps(_PROFILE.value, config.run.steps)
   train(config, _WORKDIR.value, init_from=_INIT_FROM.value,
         init_params_from=_INIT_PARAMS_FROM.value, profile_steps=profile,
         coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,

@@ -2,6 +2,7 @@
 
 import signal
 import threading
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
@@ -14,6 +15,7 @@ from sharding.mesh import make_mesh
 from trainer.checkpoint import Checkpointer, restore_params, restore_state
 from trainer import config as config_lib
 from trainer.config import Config
+from trainer.eval_lib import Scorer, summary
 from trainer.metrics import MetricsWriter
 from trainer.optimizer import make_optimizer
 from trainer.state import TrainState, init_state, plan_state
@@ -49,6 +51,11 @@ def barrier(name: str, timeout_minutes: int = 30):
 def check_workdir(workdir: str) -> epath.Path:
   """Creates the workdir if needed; a clear error if it cannot be written."""
   path = epath.Path(workdir)
+  if workdir.startswith("gs://"):
+    bucket = "gs://" + workdir[len("gs://"):].split("/", 1)[0]
+    if not epath.Path(bucket).exists():
+      raise ValueError(f"--workdir={workdir}: the bucket {bucket} does not exist or these "
+                       "credentials cannot see it; create it (infra/) or fix the path")
   try:
     path.mkdir(parents=True, exist_ok=True)
     probe = path / ".write_probe"
@@ -80,8 +87,16 @@ def initial_state(config, optimizer, setup, checkpointer, data_iterator, init_fr
 
 def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "",
               init_params_from: str = "", stop: StopFlag | None = None,
-              profile_steps: tuple[int, int] | None = None) -> list[dict]:
+              profile_steps: tuple[int, int] | None = None,
+              eval_data: Callable[[], Iterator] | None = None) -> list[dict]:
   """Trains to `config.run.steps`; returns the metrics of every step run.
+
+  With `eval_data` (a fresh validation iterator per call) and
+  `run.eval_every_steps`, the loss of `run.eval_steps` validation batches is
+  logged as `eval_loss` every that many steps.
+
+  `profile_steps=(start, stop)` writes a profiler trace of steps start..stop
+  (inclusive, counted from 1) to <workdir>/profile.
 
   `data_iterator` yields this host's batches {"tokens", "segment_pos"} (B/hosts,
   T) and supports Grain checkpointing. Raises NonFiniteLossError on a NaN/Inf
@@ -90,16 +105,15 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   check_workdir(workdir)
   stop = stop if stop is not None else StopFlag()
   mesh = make_mesh(config.mesh)
-  rules.check_batch_divisible(config.data.global_batch_size, mesh)
-  if config.optimizer.grad_accum_steps != 1:
-    raise ValueError(f"optimizer.grad_accum_steps={config.optimizer.grad_accum_steps}: "
-                     "gradient accumulation is not implemented yet; use 1")
+  rules.check_batch_divisible(config.data.global_batch_size, mesh,
+                              config.optimizer.grad_accum_steps)
   optimizer = make_optimizer(config.optimizer, config.run.steps)
   setup = plan_state(config.model, optimizer, mesh)
   checkpointer = Checkpointer(workdir, config.checkpoint)
   state = initial_state(config, optimizer, setup, checkpointer, data_iterator,
                         init_from, init_params_from)
-  train_step = TrainStep(setup, optimizer, mesh, config.optimizer.z_loss)
+  train_step = TrainStep(setup, optimizer, mesh, config.optimizer.z_loss,
+                         config.optimizer.grad_accum_steps)
   train_step.compile_now(state, (config.data.global_batch_size, config.data.seq_len))
   barrier("griffin: train step compiled")
   row = rules.batch_sharding(mesh)
@@ -108,6 +122,7 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
       config.model, config.data.global_batch_size, config.data.seq_len), tokens)
   config_json = config_lib.to_dict(config)
   history, pending = [], None  # pending: (step, metrics on device), read one step late
+  scorer = Scorer(setup.graphdef, mesh) if eval_data and config.run.eval_every_steps else None
 
   def settle(pending):
     step, metrics = pending
@@ -120,10 +135,12 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
       writer.write(step, metrics)
 
   step = int(state.step)
+  tracing = False
   try:
     while step < config.run.steps and not stop:
-      if profile_steps and step == profile_steps[0]:
+      if profile_steps and step + 1 == profile_steps[0]:
         jax.profiler.start_trace(str(epath.Path(workdir) / "profile"))
+        tracing = True
       host_batch = next(data_iterator)
       batch = [jax.make_array_from_process_local_data(row, host_batch[key])
                for key in ("tokens", "segment_pos")]
@@ -132,9 +149,15 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
       if pending:
         settle(pending)  # the previous step's numbers, now that this one is queued
       pending = (step, metrics)
-      if profile_steps and step == profile_steps[1]:
+      if tracing and step == profile_steps[1]:
         jax.block_until_ready(state)
         jax.profiler.stop_trace()
+        tracing = False
+      if scorer and step % config.run.eval_every_steps == 0:
+        result = summary(*scorer(state.params, eval_data(), config.run.eval_steps,
+                                 config.data.seq_len))
+        writer.write_eval(step, {"eval_loss": result["loss"],
+                                 "eval_perplexity": result["perplexity"]})
       if step % config.checkpoint.save_every_steps == 0 or step == config.run.steps or stop:
         settle(pending)  # never checkpoint a state whose loss was not finite
         pending = None
@@ -144,6 +167,8 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
     if stop and step < config.run.steps:
       logging.info("stop requested (SIGTERM): saved step %d and exiting", step)
   finally:
+    if tracing:  # the run ended inside the profiled range
+      jax.profiler.stop_trace()
     checkpointer.close()  # waits for the last async save to commit
     writer.close()
   return history

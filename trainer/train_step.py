@@ -3,11 +3,12 @@
 import contextlib
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from sharding import rules
-from trainer.loss import next_token_loss
+from trainer.loss import next_token_loss, next_token_nll
 from trainer.state import ShardedSetup, TrainState
 
 
@@ -18,10 +19,15 @@ class TrainStep:
   donated (its buffers are reused for the new state, so the caller must not
   touch the old one); the batch comes sharded over data x fsdp; metrics are
   replicated scalars. Call `lower(...)` to compile ahead of time.
+
+  With `grad_accum_steps` K > 1 the batch is cut into K micro-batches whose
+  summed gradients (a lax.scan, so activations of one micro-batch at a time)
+  are divided by the batch's count of targets: the same update as one big
+  batch, up to summation order.
   """
 
   def __init__(self, setup: ShardedSetup, optimizer: optax.GradientTransformation,
-               mesh: jax.sharding.Mesh, z_loss: float = 0.0):
+               mesh: jax.sharding.Mesh, z_loss: float = 0.0, grad_accum_steps: int = 1):
     self.mesh = mesh
     graphdef = setup.graphdef
 
@@ -29,8 +35,33 @@ class TrainStep:
       logits_BTV, _ = nnx.merge(graphdef, params)(tokens_BT, segment_pos_BT)
       return next_token_loss(logits_BTV, tokens_BT, segment_pos_BT, z_loss)
 
+    def nll_fn(params, tokens_BT, segment_pos_BT):
+      logits_BTV, _ = nnx.merge(graphdef, params)(tokens_BT, segment_pos_BT)
+      return next_token_nll(logits_BTV, tokens_BT, segment_pos_BT, z_loss)
+
+    def accumulated_loss_and_grads(params, tokens_BT, segment_pos_BT):
+      # Row i*K + k goes to micro-batch k, so every device's rows feed every
+      # micro-batch and none needs to move.
+      def split(x_BT):
+        x_KMT = jnp.swapaxes(x_BT.reshape(-1, grad_accum_steps, x_BT.shape[1]), 0, 1)
+        return jax.lax.with_sharding_constraint(x_KMT, rules.microbatch_sharding(mesh))
+
+      def micro(carry, batch):
+        total, count, grads = carry
+        (nll, n), g = jax.value_and_grad(nll_fn, has_aux=True)(params, *batch)
+        return (total + nll, count + n, jax.tree.map(jnp.add, grads, g)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, params)
+      (total, count, grads), _ = jax.lax.scan(
+          micro, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), zeros), (split(tokens_BT), split(segment_pos_BT)))
+      count = jnp.maximum(count, 1)
+      return total / count, jax.tree.map(lambda g: g / count, grads)
+
     def step(state: TrainState, tokens_BT, segment_pos_BT):
-      loss, grads = jax.value_and_grad(loss_fn)(state.params, tokens_BT, segment_pos_BT)
+      if grad_accum_steps == 1:
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, tokens_BT, segment_pos_BT)
+      else:
+        loss, grads = accumulated_loss_and_grads(state.params, tokens_BT, segment_pos_BT)
       updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
       metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
