@@ -10,8 +10,12 @@ from trainer.train_loop import StopFlag, run_steps
 
 
 def init_processes(coordinator_address: str, num_processes: int, process_id: int):
-  """Joins a multi-process run (CPU processes talk over gloo)."""
-  if num_processes > 1:
+  """Joins a multi-process run. `num_processes=0`: discover the processes
+  (Cloud TPU VMs and GKE give every host the worker list, its id and the
+  multi-slice settings); > 1: the explicit CPU path over gloo."""
+  if num_processes == 0:
+    jax.distributed.initialize()
+  elif num_processes > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)

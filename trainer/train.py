@@ -5,7 +5,7 @@
 
 Several processes (one per host, or `launch/local.py` on one machine) run the
 same command with --num_processes/--process_id/--coordinator_address; on Cloud
-TPU, `jax.distributed` discovers them itself.
+TPU and GKE, --num_processes=0 lets `jax.distributed` discover them itself.
 """
 
 from absl import app, flags, logging
@@ -19,7 +19,9 @@ _INIT_PARAMS_FROM = flags.DEFINE_string("init_params_from", "", "A checkpoint st
 _PROFILE = flags.DEFINE_list("profile_steps", [], "START,STOP: write a profiler trace of steps "
                              "START..STOP (inclusive, from 1) to <workdir>/profile.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process CPU/GPU runs).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in the run.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", 1, "Processes in the run; 0 = discover them (Cloud TPU, GKE: what "
+    "launch/ passes), with jax.distributed.initialize() and no arguments.", lower_bound=0)
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index.")
 
 

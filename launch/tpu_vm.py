@@ -1,0 +1,201 @@
+"""Train on Cloud TPU VMs: a queued resource of N slices, one command on every host.
+
+    python -m launch.tpu_vm --config=configs/griffin_14b.py --config.mesh.dcn_data=2 \\
+        --tpu_type=v5p-128 --num_slices=2 --workdir=gs://BUCKET/griffin-14b \\
+        --name=griffin-14b --project=PROJECT --zone=us-east5-a \\
+        --image=us-docker.pkg.dev/PROJECT/griffin/trainer:TAG [--capacity=spot] ACTION
+
+ACTION:
+  submit  create, then run: the one command from nothing to a training job
+  create  check the job, run the compile-only check, create the queued resource,
+          wait until it is ACTIVE, then pull the image (or, without --image,
+          copy this checkout and pip install it) on every worker of every slice
+  run     check, then start `python -m trainer.train` on every worker, detached
+          (it outlives this command; a second `run` restarts it, and it resumes
+          from the workdir's latest checkpoint)
+  logs    copy each worker's output to --log_dir/<node>/<worker>.log
+  delete  delete the queued resource and its TPU VMs
+
+Checks before anything is created: the TPU type exists, mesh.ici_* multiply to
+the chips of one slice and mesh.dcn_* to --num_slices, the global batch splits
+over the mesh and the hosts, the workdir is gs://. Multi-slice: the queued
+resource gives every host the MEGASCALE_* settings, so the same command runs
+unchanged on 1 or N slices.
+"""
+
+import os
+import pathlib
+import shlex
+import sys
+import tarfile
+import tempfile
+import time
+
+from absl import flags
+
+from launch import preflight
+
+ACTIONS = ("submit", "create", "run", "logs", "delete")
+# TPU VM software images (Cloud TPU docs, "TPU software versions").
+RUNTIME_VERSIONS = {"v4": "tpu-ubuntu2204-base", "v5e": "v2-alpha-tpuv5-lite",
+                    "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
+CAPACITY_FLAGS = {"on_demand": [], "spot": ["--spot"], "reserved": ["--reserved"]}
+# A queued resource in one of these will never become ACTIVE.
+_DEAD_STATES = ("FAILED", "SUSPENDING", "SUSPENDED", "DELETING")
+# Without --image: what `pip install -e .` needs, copied to every worker.
+SOURCE = ("pyproject.toml", "README.md", "configs", "launch", "model", "pipeline",
+          "sharding", "trainer")
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_REMOTE_DIR = "griffin"  # in the worker's home directory
+
+
+def define_flags(fv: flags.FlagValues):
+  preflight.define_job_flags(fv)
+  flags.DEFINE_enum("capacity", "on_demand", list(CAPACITY_FLAGS),
+                    "Which TPU capacity the queued resource asks for.", flag_values=fv)
+  flags.DEFINE_string(
+      "runtime_version", None, "TPU VM image; default per generation: "
+      + ", ".join(f"{g} {v}" for g, v in RUNTIME_VERSIONS.items()), flag_values=fv)
+  flags.DEFINE_string(
+      "service_account", None, "The TPU VMs' service account (Terraform output "
+      "`service_account`); default: the project's Compute Engine one.", flag_values=fv)
+  flags.DEFINE_float("poll_interval_s", 60.0,
+                     "Seconds between queued-resource state checks.", flag_values=fv)
+
+
+def nodes(name: str, num_slices: int) -> list[str]:
+  """TPU VM names: the node id for one slice, `<prefix>-<i>` for several."""
+  return [name] if num_slices == 1 else [f"{name}-{i}" for i in range(num_slices)]
+
+
+def _where(fv) -> list[str]:
+  return [f"--project={fv['project'].value}", f"--zone={fv['zone'].value}"]
+
+
+def _ssh(fv, node: str, command: str, *extra: str) -> list[str]:
+  return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", node, *_where(fv),
+          "--worker=all", f"--command={command}", *extra]
+
+
+def create_command(fv, job: preflight.Job) -> list[str]:
+  runtime = fv["runtime_version"].value or RUNTIME_VERSIONS[job.tpu.name.split("-")[0]]
+  argv = ["gcloud", "compute", "tpus", "queued-resources", "create", job.name,
+          *_where(fv), f"--accelerator-type={preflight.cloud_accelerator_type(job.tpu.name)}",
+          f"--runtime-version={runtime}"]
+  # gcloud takes --node-count only above 1; one slice is a plain node id.
+  argv += ([f"--node-id={job.name}"] if job.num_slices == 1 else
+           [f"--node-count={job.num_slices}", f"--node-prefix={job.name}"])
+  if fv["service_account"].value:
+    # Scopes allow every API; the service account's IAM roles are the real limit.
+    argv += [f"--service-account={fv['service_account'].value}",
+             "--scopes=https://www.googleapis.com/auth/cloud-platform"]
+  return argv + CAPACITY_FLAGS[fv["capacity"].value]
+
+
+def wait_until_active(fv, name: str):
+  """Polls the queued resource until ACTIVE; raises if it can no longer get there."""
+  describe = ["gcloud", "compute", "tpus", "queued-resources", "describe", name,
+              *_where(fv), "--format=value(state.state)"]
+  while True:
+    state = preflight.output(describe).strip()
+    print(f"queued resource {name}: {state}", flush=True)
+    if state == "ACTIVE":
+      return
+    if state in _DEAD_STATES:
+      raise RuntimeError(f"queued resource {name} is {state}; delete it (the "
+                         "`delete` action) and create it again.")
+    time.sleep(fv["poll_interval_s"].value)
+
+
+def source_tarball(directory: str) -> str:
+  """This checkout's SOURCE as a .tar.gz in `directory` (for --image-less runs)."""
+  path = os.path.join(directory, "griffin.tar.gz")
+  skip = lambda info: None if "__pycache__" in info.name else info  # noqa: E731
+  with tarfile.open(path, "w:gz") as tar:
+    for name in SOURCE:
+      tar.add(_ROOT / name, arcname=name, filter=skip)
+  return path
+
+
+def install_commands(fv, job: preflight.Job, tarball: str | None) -> list[list[list[str]]]:
+  """What puts the trainer on every worker: rounds of commands, one per slice each.
+
+  With --image, one round: pull the image. Without, two: copy this checkout's
+  SOURCE, then unpack it and pip install it.
+  """
+  image, names = fv["image"].value, nodes(job.name, job.num_slices)
+  if image:
+    registry = image.split("/")[0]
+    # root's docker reads the registry with the VM's service account.
+    command = (f"sudo gcloud auth configure-docker {registry} --quiet && "
+               f"sudo docker pull {shlex.quote(image)}")
+    return [[_ssh(fv, node, command) for node in names]]
+  # TPU VM images ship Python 3.10; the project needs 3.11 (Ubuntu's python3.11).
+  command = (f"rm -rf {_REMOTE_DIR} && mkdir {_REMOTE_DIR} && "
+             f"tar -xzf griffin.tar.gz -C {_REMOTE_DIR} && "
+             "sudo apt-get -qq update && sudo apt-get -qq install -y python3.11 "
+             f"python3.11-venv && python3.11 -m venv {_REMOTE_DIR}/.venv && "
+             f"{_REMOTE_DIR}/.venv/bin/pip install -q -e './{_REMOTE_DIR}[tpu]'")
+  copy = [["gcloud", "compute", "tpus", "tpu-vm", "scp", tarball, f"{node}:griffin.tar.gz",
+           *_where(fv), "--worker=all"] for node in names]
+  return [copy, [_ssh(fv, node, command) for node in names]]
+
+
+def run_command(fv, job: preflight.Job) -> str:
+  """The shell line every worker runs: starts training detached, replacing an old run."""
+  image = fv["image"].value
+  if image:
+    train = shlex.join(job.train_argv())
+    # --privileged and the host network: the TPU devices and the slice's
+    # MEGASCALE/metadata settings, as on the VM itself.
+    return (f"sudo docker rm -f {job.name} >/dev/null 2>&1; sudo docker run -d "
+            f"--name={job.name} --privileged --net=host {shlex.quote(image)} {train}")
+  train = shlex.join(job.train_argv(python=".venv/bin/python"))
+  pid = f"~/{job.name}.pid"
+  return (f"kill $(cat {pid} 2>/dev/null) 2>/dev/null; cd {_REMOTE_DIR} && "
+          f"(setsid nohup {train} > ~/{job.name}.log 2>&1 < /dev/null & echo $! > {pid})")
+
+
+def log_command(fv, name: str) -> str:
+  return (f"sudo docker logs {name} 2>&1" if fv["image"].value else f"cat ~/{name}.log")
+
+
+def act(fv, action: str):
+  dry = fv["dry_run"].value
+  preflight.require(fv, "name", "project", "zone")
+  name = preflight.check_name(fv["name"].value)
+  if action == "delete":
+    preflight.run(["gcloud", "compute", "tpus", "queued-resources", "delete", name,
+                   *_where(fv), "--force", "--quiet"], dry_run=dry)
+    return
+  if action == "logs":
+    for node in nodes(name, fv["num_slices"].value):
+      directory = os.path.join(fv["log_dir"].value, node)
+      os.makedirs(directory, exist_ok=True)
+      preflight.run(_ssh(fv, node, log_command(fv, name),
+                         f"--output-directory={directory}"), dry_run=dry)
+    print(f"one log per worker under {fv['log_dir'].value}/<node>/<worker>.log")
+    return
+  job = preflight.load_job(fv)  # checks, then the compile-only check
+  if action in ("submit", "create"):
+    preflight.run(create_command(fv, job), dry_run=dry)
+    if not dry:
+      wait_until_active(fv, job.name)
+    with tempfile.TemporaryDirectory() as tmp:
+      tarball = None if fv["image"].value else source_tarball(tmp)
+      for commands in install_commands(fv, job, tarball):
+        preflight.run_all(commands, dry_run=dry)
+  if action in ("submit", "run"):
+    preflight.run_all([_ssh(fv, node, run_command(fv, job))
+                       for node in nodes(job.name, job.num_slices)], dry_run=dry)
+    if not dry:
+      print(f"started on {job.hosts} hosts; watch: the `logs` action, or TensorBoard "
+            f"on {job.workdir}")
+
+
+def main(argv: list[str]) -> int:
+  return preflight.main(argv, __doc__, ACTIONS, define_flags, act)
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv))
