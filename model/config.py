@@ -22,6 +22,8 @@ class ScanImpl(enum.Enum):
 
   LINEAR = "linear"  # lax.scan, one step per token (the paper's choice).
   ASSOCIATIVE = "associative"  # lax.associative_scan, O(log T) depth.
+  PALLAS = "pallas"  # Sequential Pallas TPU kernel (§4.2); interpreted off TPU.
+  AUTO = "auto"  # PALLAS when compiling for TPU, LINEAR elsewhere.
 
 
 class Remat(enum.Enum):

@@ -8,7 +8,7 @@ from flax import nnx
 
 from model.config import AInit, ScanImpl
 from model.layers import Linear, constrain, fan_in_normal, lead, param
-from model.scan import SCANS
+from model.scan import get_scan
 
 
 class RecurrentCache(NamedTuple):
@@ -84,7 +84,7 @@ class RGLRU(nnx.Module):
     self.a_gate = BlockDiagonalLinear(width, blocks, rngs=rngs)
     self.a_param = param(init_a_param(rngs.params(), width, c, a_init), ("lru",))
     self.c = c
-    self.scan = SCANS[scan_impl]
+    self.scan = get_scan(scan_impl)
 
   def __call__(self, x_BTE, segment_pos_BT, h0_BE):
     x_BTE = x_BTE.astype(jnp.float32)
