@@ -53,14 +53,15 @@ def _block_params(rg_block: Mapping[str, Any], block_type: BlockType) -> dict:
   out = {
       ("temporal_pre_norm", "scale"): rg_block["temporal_pre_norm"]["scale"],
       ("channel_pre_norm", "scale"): rg_block["channel_pre_norm"]["scale"],
-      ("mlp", "up"): rg_block["mlp_block"]["ffw_up"]["w"],
+      ("mlp", "up"): np.transpose(rg_block["mlp_block"]["ffw_up"]["w"], (1, 0, 2)),  # D leads
       ("mlp", "up_bias"): np.reshape(rg_block["mlp_block"]["ffw_up"]["b"], (2, -1)),
       ("mlp", "down", "kernel"): rg_block["mlp_block"]["ffw_down"]["kernel"],
       ("mlp", "down", "bias"): rg_block["mlp_block"]["ffw_down"]["bias"],
   }
   if block_type is BlockType.RECURRENT:
     rec = rg_block["recurrent_block"]
-    out[("temporal", "in_proj")] = np.stack([rec["linear_x"]["kernel"], rec["linear_y"]["kernel"]])
+    out[("temporal", "in_proj")] = np.stack([rec["linear_x"]["kernel"], rec["linear_y"]["kernel"]],
+                                            axis=1)  # (D, 2, E)
     out[("temporal", "in_bias")] = np.stack([rec["linear_x"]["bias"], rec["linear_y"]["bias"]])
     out[("temporal", "linear_out", "kernel")] = rec["linear_out"]["kernel"]
     out[("temporal", "linear_out", "bias")] = rec["linear_out"]["bias"]

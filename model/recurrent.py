@@ -129,12 +129,13 @@ class RecurrentBlock(nnx.Module):
   def __init__(self, width: int, lru_width: int, *, conv_width: int, gate_blocks: int,
                c: float, a_init: AInit, scan_impl: ScanImpl, gelu_tanh: bool,
                out_init_scale: float, dtype, rngs: nnx.Rngs):
-    # Both D -> E branch projections in one (2, D, E) weight: [0] feeds the
-    # Conv1D/RG-LRU branch (recurrentgemma's linear_x), [1] the GeLU gate
+    # Both D -> E branch projections in one (D, 2, E) weight: [:, 0] feeds the
+    # Conv1D/RG-LRU branch (recurrentgemma's linear_x), [:, 1] the GeLU gate
     # (linear_y). One contraction means one all-reduce of dL/dx under tensor
-    # parallelism, exactly like the MLP's stacked up-projection (paper §4.1).
-    self.in_proj = param(fan_in_normal(rngs.params(), (2, width, lru_width), width),
-                         (None, "embed", "lru"))
+    # parallelism, exactly like the MLP's stacked up-projection (paper §4.1);
+    # D leads for the same reason as there.
+    in_2DE = fan_in_normal(rngs.params(), (2, width, lru_width), width)
+    self.in_proj = param(jnp.transpose(in_2DE, (1, 0, 2)), ("embed", None, "lru"))
     self.in_bias = param(jnp.zeros((2, lru_width)), (None, "lru"))
     self.linear_out = Linear(lru_width, width, axes=("lru", "embed"), use_bias=True,
                              init_scale=out_init_scale, dtype=dtype, rngs=rngs)
@@ -155,11 +156,11 @@ class RecurrentBlock(nnx.Module):
       cache = self.init_cache(x_BTD.shape[0])
     # Channels stay split over the tensor axis from linear_x/y to linear_out.
     lru_axes = ("batch", None, "lru")
-    in_2BTE = jnp.einsum("BTD,CDE->CBTE", x_BTD.astype(self.dtype),
+    in_BT2E = jnp.einsum("BTD,DCE->BTCE", x_BTD.astype(self.dtype),
                          self.in_proj[...].astype(self.dtype))
-    in_2BTE = in_2BTE + self.in_bias[...].astype(self.dtype)[:, None, None, :]
-    x_BTE = constrain(in_2BTE[0], lru_axes)
-    y_BTE = constrain(jax.nn.gelu(in_2BTE[1], approximate=self.gelu_tanh), lru_axes)
+    in_BT2E = in_BT2E + lead(self.in_bias[...].astype(self.dtype), 4)
+    x_BTE = constrain(in_BT2E[:, :, 0], lru_axes)
+    y_BTE = constrain(jax.nn.gelu(in_BT2E[:, :, 1], approximate=self.gelu_tanh), lru_axes)
     x_BTE, conv_BWE = self.conv_1d(x_BTE, segment_pos_BT, cache.conv_BWE)
     h_BTE, h_BE = self.rg_lru(x_BTE, segment_pos_BT, cache.h_BE)
     h_BTE = constrain(h_BTE, lru_axes)
