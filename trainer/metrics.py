@@ -80,11 +80,21 @@ class MetricsWriter:
   def _record(self, record: dict):
     if self.is_writer:
       self._lines.append(json.dumps(record))
-      self.jsonl.write_text("\n".join(self._lines) + "\n")
+      self._write_jsonl("\n".join(self._lines) + "\n")
       for key, value in record.items():
         if key != "step":
           self.tensorboard.add_scalar(key, value, record["step"])
       self._sync_tensorboard()
+
+  def _write_jsonl(self, text: str):
+    """Whole-file replacement that a kill cannot truncate: a GCS object is
+    replaced atomically; a local file is written aside and renamed over."""
+    if self._remote:
+      self.jsonl.write_text(text)
+    else:
+      staged = self.jsonl.with_name(self.jsonl.name + ".tmp")
+      staged.write_text(text)
+      staged.replace(self.jsonl)
 
   def _sync_tensorboard(self):
     self.tensorboard.flush()
