@@ -132,10 +132,20 @@ class AttentionBlock(nnx.Module):
     visible_BS = (pos_BS >= 0) & (pos_BS < p_B1)
     if self.window is not None:
       visible_BS &= p_B1 - pos_BS <= self.window
-    k_BSH = jnp.concatenate([cache.k_BSH, k_B1H], axis=1)
-    v_BSH = jnp.concatenate([cache.v_BSH, v_B1H], axis=1)
-    mask_B1S = jnp.concatenate([visible_BS, jnp.ones_like(p_B1, bool)], axis=1)[:, None]
-    enc_B1NH = self._attend(q_B1NH, k_BSH, v_BSH, mask_B1S)
+    # The cached keys and the token's own key are scored apart and share one
+    # softmax, so the K/V cache is never copied to append the new key.
+    H = q_B1NH.shape[-1]
+    q_BNH = q_B1NH[:, 0]
+    cached_BNS = jnp.einsum("BNH,BSH->BNS", q_BNH, cache.k_BSH,
+                            preferred_element_type=jnp.float32) * H**-0.5
+    cached_BNS = jnp.where(visible_BS[:, None], cached_BNS, _MASKED)
+    own_BN1 = jnp.einsum("BNH,BTH->BNT", q_BNH, k_B1H,
+                         preferred_element_type=jnp.float32) * H**-0.5
+    probs_BNS = jax.nn.softmax(jnp.concatenate([cached_BNS, own_BN1], axis=-1), axis=-1)
+    probs_BNS = probs_BNS.astype(v_B1H.dtype)
+    enc_BNH = (jnp.einsum("BNS,BSH->BNH", probs_BNS[..., :S], cache.v_BSH)
+               + jnp.einsum("BNT,BTH->BNH", probs_BNS[..., S:], v_B1H))
+    enc_B1NH = enc_BNH[:, None]
     b_B = jnp.arange(p_B1.shape[0])
     slot_B = p_B1[:, 0] % S
     new_cache = AttentionCache(k_BSH=cache.k_BSH.at[b_B, slot_B].set(k_B1H[:, 0]),
