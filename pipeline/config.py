@@ -3,6 +3,8 @@
 import dataclasses
 import math
 
+from pipeline import synthetic  # numpy only: the tasks' names and sizes
+
 DEFAULT_DATASET = "stdlib"  # The interpreter's standard library source; no download.
 TEXT_FILES = "text_files"  # The user's own files, matched by `DataConfig.files`.
 FILE_FORMATS = ("auto", "text", "jsonl")
@@ -12,13 +14,15 @@ FILE_FORMATS = ("auto", "text", "jsonl")
 class DataConfig:
   """What to read, how to tokenize it and how to batch it."""
 
-  dataset: str = DEFAULT_DATASET  # "stdlib", "text_files", or a registered TFDS name
+  # "stdlib", "text_files", "stdlib_bytes", "selective_copying",
+  # "induction_heads" (pipeline/synthetic.py), or a registered TFDS name
+  dataset: str = DEFAULT_DATASET
   data_dir: str = ""  # "" = ~/.cache/griffin/tfds; may be a gs:// path
   text_feature: str = "text"  # the dataset feature holding the text
   tokenizer: str = ""  # SentencePiece model path; "" = the one trained beside the data
   seq_len: int = 512  # tokens per packed example
   global_batch_size: int = 8  # examples per optimizer step, over all hosts
-  shuffle_seed: int = 0
+  shuffle_seed: int = 0  # synthetic tasks: the seed of the training rows
   worker_count: int = 0  # Grain worker processes; 0 = read in the main process
   files: str = ""  # dataset="text_files": a glob of local files, e.g. "/d/*.jsonl"
   file_format: str = "auto"  # "text" (a document per file), "jsonl" (per line), "auto"
@@ -55,6 +59,8 @@ class DataConfig:
     if self.dataset == TEXT_FILES and not self.files:
       raise ValueError(f"data.dataset={TEXT_FILES!r} needs data.files, a glob of "
                        "the text or JSONL files to read (e.g. '/data/*.jsonl').")
+    if self.dataset in synthetic.DATASETS:
+      synthetic.check(self.dataset, self.seq_len)
     if self.files and self.dataset != TEXT_FILES:
       raise ValueError(f"data.files={self.files!r} is only read when data.dataset="
                        f"{TEXT_FILES!r} (it is {self.dataset!r}); set one or clear "

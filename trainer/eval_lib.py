@@ -1,5 +1,6 @@
-"""Evaluation of a saved checkpoint: validation loss and perplexity, and the
-loss by document position at lengths beyond training (the paper's Fig. 5)."""
+"""Evaluation of a saved checkpoint: validation loss, perplexity and
+next-token accuracy, and the loss by document position at lengths beyond
+training (the paper's Fig. 5)."""
 
 import dataclasses
 import functools
@@ -17,13 +18,16 @@ from sharding.mesh import make_mesh
 from trainer import config as config_lib
 from trainer import eval_report
 from trainer.checkpoint import Checkpointer, restore_params
-from trainer.loss import next_token_nll_by_position
+from trainer.loss import next_token_correct_by_position, next_token_nll_by_position
 from trainer.optimizer import make_optimizer
 from trainer.state import plan_state
+from trainer.train_step import device_batch
 
 
 class Scorer:
-  """Sums and counts of next-token NLL by document position over batches."""
+  """Sums of next-token NLL, counts of targets and of correct (argmax)
+  predictions, by document position, over batches. Only targets the batch's
+  `loss_mask` counts are scored (all in-document targets without one)."""
 
   def __init__(self, graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh):
     self.mesh = mesh
@@ -31,29 +35,38 @@ class Scorer:
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
     @functools.partial(jax.jit, out_shardings=replicated)  # every process reads them
-    def by_position(params, tokens_BT, segment_pos_BT):
+    def by_position(params, tokens_BT, segment_pos_BT, loss_mask_BT):
       logits_BTV, _ = nnx.merge(graphdef, params)(tokens_BT, segment_pos_BT)
-      return next_token_nll_by_position(logits_BTV, tokens_BT, segment_pos_BT)
+      sum_T, count_T = next_token_nll_by_position(logits_BTV, tokens_BT, segment_pos_BT,
+                                                  loss_mask_BT)
+      correct_T = next_token_correct_by_position(logits_BTV, tokens_BT, segment_pos_BT,
+                                                 loss_mask_BT)
+      return sum_T, count_T, correct_T
 
     self._by_position = by_position
 
   def __call__(self, params, batches, num_batches: int, seq_len: int):
-    """(sum_T, count_T) in float64 / int64 over `num_batches` host batches."""
-    sum_T, count_T = np.zeros(seq_len), np.zeros(seq_len, np.int64)
+    """(sum_T, count_T, correct_T) in float64 / int64 / int64 over
+    `num_batches` host batches."""
+    sum_T = np.zeros(seq_len)
+    count_T, correct_T = np.zeros(seq_len, np.int64), np.zeros(seq_len, np.int64)
     with jax.set_mesh(self.mesh), rules.activation_rules():
       for _ in range(num_batches):
-        host_batch = next(batches)
-        arrays = [jax.make_array_from_process_local_data(self.row, host_batch[k])
-                  for k in ("tokens", "segment_pos")]
-        s_T, n_T = jax.device_get(self._by_position(params, *arrays))
+        s_T, n_T, c_T = jax.device_get(self._by_position(
+            params, *device_batch(self.row, next(batches))))
         sum_T += s_T
         count_T += n_T
-    return sum_T, count_T
+        correct_T += c_T
+    return sum_T, count_T, correct_T
 
 
-def summary(sum_T, count_T) -> dict:
-  loss = float(sum_T.sum() / max(count_T.sum(), 1))
-  return {"loss": loss, "perplexity": math.exp(loss), "tokens": int(count_T.sum())}
+def summary(sum_T, count_T, correct_T) -> dict:
+  """Mean NLL, perplexity, the number of targets, and next-token accuracy
+  (the fraction whose argmax is the target)."""
+  count = max(int(count_T.sum()), 1)
+  loss = float(sum_T.sum() / count)
+  return {"loss": loss, "perplexity": math.exp(loss), "tokens": int(count_T.sum()),
+          "accuracy": float(correct_T.sum() / count)}
 
 
 def find_step(checkpointer: Checkpointer, step: int | None) -> int:
@@ -102,7 +115,8 @@ def evaluate(workdir: str, step: int | None, eval_batches: int, make_batches,
   configured length, then at `length_multiple` x the training length by
   document position (0 = skip).
 
-  `make_batches(config, n)` yields host batches {"tokens", "segment_pos"}.
+  `make_batches(config, n)` yields host batches {"tokens", "segment_pos"}
+  and optionally "loss_mask" (only those targets are scored).
   Writes `eval_<step>.json` (and a plot of the loss by position) in the
   workdir and returns the numbers.
   """
@@ -125,10 +139,11 @@ def evaluate(workdir: str, step: int | None, eval_batches: int, make_batches,
             **summary(*scorer(params, batches, eval_batches, config.data.seq_len))}
   logging.info("evaluation of step %d: %s", step, result)
   if long_batches is not None:
-    sum_T, count_T = scorer(params, long_batches, eval_batches, long_data.seq_len)
+    sum_T, count_T, correct_T = scorer(params, long_batches, eval_batches, long_data.seq_len)
     result["by_position"] = {"train_seq_len": train_seq_len, "seq_len": long_data.seq_len,
-                             **summary(sum_T, count_T),
-                             "nll_sum": sum_T.tolist(), "count": count_T.tolist()}
+                             **summary(sum_T, count_T, correct_T),
+                             "nll_sum": sum_T.tolist(), "count": count_T.tolist(),
+                             "correct": correct_T.tolist()}
   if jax.process_index() == 0:
     eval_report.write(workdir, result)
   return result

@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint: validation loss and perplexity, and the loss by
+"""Evaluate a checkpoint: validation loss, perplexity and next-token accuracy
+(argmax = target, over the targets the data counts), and the loss by
 document position at a multiple of the training length (JSON and a plot).
 
     python -m trainer.evaluate --workdir=DIR_OR_GS_PATH [--step=N] \\
@@ -17,7 +18,8 @@ from trainer import config as config_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
-_EVAL_BATCHES = flags.DEFINE_integer("eval_batches", 4, "Validation batches to score.", lower_bound=1)
+_EVAL_BATCHES = flags.DEFINE_integer(
+    "eval_batches", 16, "Validation batches to score (the first N, in order).", lower_bound=1)
 _LENGTH_MULTIPLE = flags.DEFINE_integer(
     "length_multiple", 4, "Loss by position at this multiple of the training length; 0 = skip.",
     lower_bound=0)
@@ -34,13 +36,13 @@ def main(argv):
   result = evaluate(_WORKDIR.value, _STEP.value, _EVAL_BATCHES.value, make_eval_iterator,
                     overrides, _LENGTH_MULTIPLE.value)
   print(f"step {result['step']}: validation loss {result['loss']:.4f}, "
-        f"perplexity {result['perplexity']:.2f} over {result['tokens']} tokens "
-        f"(length {result['seq_len']})")
+        f"perplexity {result['perplexity']:.2f}, accuracy {result['accuracy']:.4f} over "
+        f"{result['tokens']} tokens (length {result['seq_len']})")
   if "by_position" in result:
     by_position = result["by_position"]
     print(f"at {by_position['seq_len']} tokens ({_LENGTH_MULTIPLE.value}x training): loss "
-          f"{by_position['loss']:.4f}; by position in {_WORKDIR.value}/loss_by_position_"
-          f"{result['step']}.png")
+          f"{by_position['loss']:.4f}, accuracy {by_position['accuracy']:.4f}; by position in "
+          f"{_WORKDIR.value}/loss_by_position_{result['step']}.png")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import jax
 from absl import logging
 
 from pipeline import stdlib_bytes
+from pipeline import synthetic
 from trainer.config import Config
 from trainer.train_loop import StopFlag, run_steps
 
@@ -38,15 +39,28 @@ def prepare_tokenizer(config: Config):
 
 
 def make_tokenizer(config: Config):
-  """Text <-> ids for `config.data` (bytes for "stdlib_bytes")."""
+  """Text <-> ids for `config.data` (bytes for "stdlib_bytes", the ids
+  themselves for the synthetic tasks)."""
   if config.data.dataset == "stdlib_bytes":
     return stdlib_bytes.ByteTokenizer()
+  if config.data.dataset in synthetic.DATASETS:
+    synthetic.check_vocab(config.data.dataset, config.model.vocab_size)
+    return synthetic.IdTokenizer(config.data.dataset)
   return prepare_tokenizer(config)
+
+
+def synthetic_batches(config: Config, split: str):
+  """A synthetic task's batches of `split` for this host, after checking that
+  the model's vocabulary is the task's."""
+  synthetic.check_vocab(config.data.dataset, config.model.vocab_size)
+  return synthetic.batches(config.data, split, jax.process_index(), jax.process_count())
 
 
 def make_train_iterator(config: Config):
   """This host's training batches for `config.data` (resumable)."""
   data = config.data
+  if data.dataset in synthetic.DATASETS:
+    return synthetic_batches(config, "train")
   if data.dataset == "stdlib_bytes":
     return stdlib_bytes.byte_batches("train", data.seq_len, data.global_batch_size,
                                      data.shuffle_seed, jax.process_index(),
@@ -58,6 +72,8 @@ def make_train_iterator(config: Config):
 def make_eval_iterator(config: Config, num_batches: int):
   """This host's validation batches: deterministic, in order."""
   data = config.data
+  if data.dataset in synthetic.DATASETS:
+    return synthetic_batches(config, "validation")
   if data.dataset == "stdlib_bytes":
     return stdlib_bytes.byte_batches("validation", data.seq_len, data.global_batch_size,
                                      seed=None, process_index=jax.process_index(),

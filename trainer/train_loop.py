@@ -19,7 +19,7 @@ from trainer.eval_lib import Scorer, summary
 from trainer.metrics import MetricsWriter
 from trainer.optimizer import make_optimizer
 from trainer.state import TrainState, init_state, plan_state
-from trainer.train_step import TrainStep
+from trainer.train_step import TrainStep, device_batch
 
 
 class NonFiniteLossError(RuntimeError):
@@ -92,15 +92,18 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   """Trains to `config.run.steps`; returns the metrics of every step run.
 
   With `eval_data` (a fresh validation iterator per call) and
-  `run.eval_every_steps`, the loss of `run.eval_steps` validation batches is
-  logged as `eval_loss` every that many steps.
+  `run.eval_every_steps`, the loss and next-token accuracy of `run.eval_steps`
+  validation batches are logged as `eval_loss` and `eval_accuracy` every that
+  many steps.
 
   `profile_steps=(start, stop)` writes a profiler trace of steps start..stop
   (inclusive, counted from 1) to <workdir>/profile.
 
-  `data_iterator` yields this host's batches {"tokens", "segment_pos"} (B/hosts,
-  T) and supports Grain checkpointing. Raises NonFiniteLossError on a NaN/Inf
-  loss without checkpointing the bad state.
+  `data_iterator` yields this host's batches {"tokens", "segment_pos"} and
+  optionally "loss_mask" (1 where the target token counts; the synthetic
+  tasks' answers), each (B/hosts, T), and supports Grain checkpointing.
+  Raises NonFiniteLossError on a NaN/Inf loss without checkpointing the bad
+  state.
   """
   check_workdir(workdir)
   stop = stop if stop is not None else StopFlag()
@@ -141,10 +144,7 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
       if profile_steps and step + 1 == profile_steps[0]:
         jax.profiler.start_trace(str(epath.Path(workdir) / "profile"))
         tracing = True
-      host_batch = next(data_iterator)
-      batch = [jax.make_array_from_process_local_data(row, host_batch[key])
-               for key in ("tokens", "segment_pos")]
-      state, metrics = train_step(state, *batch)
+      state, metrics = train_step(state, *device_batch(row, next(data_iterator)))
       step += 1
       if pending:
         settle(pending)  # the previous step's numbers, now that this one is queued
@@ -157,7 +157,8 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
         result = summary(*scorer(state.params, eval_data(), config.run.eval_steps,
                                  config.data.seq_len))
         writer.write_eval(step, {"eval_loss": result["loss"],
-                                 "eval_perplexity": result["perplexity"]})
+                                 "eval_perplexity": result["perplexity"],
+                                 "eval_accuracy": result["accuracy"]})
       if step % config.checkpoint.save_every_steps == 0 or step == config.run.steps or stop:
         settle(pending)  # never checkpoint a state whose loss was not finite
         pending = None

@@ -4,6 +4,7 @@ import contextlib
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -12,13 +13,29 @@ from trainer.loss import next_token_loss, next_token_nll
 from trainer.state import ShardedSetup, TrainState
 
 
+def device_batch(row: jax.sharding.NamedSharding, host_batch: dict) -> tuple:
+  """(tokens_BT, segment_pos_BT, loss_mask_BT) global arrays from this host's
+  batch. A batch without a "loss_mask" (byte rows) gets all ones: every
+  in-document target counts, and text and task batches share one compiled
+  step."""
+  mask = host_batch.get("loss_mask")
+  mask = np.ones_like(host_batch["tokens"]) if mask is None else np.asarray(mask, np.int32)
+  return tuple(jax.make_array_from_process_local_data(row, x)
+               for x in (host_batch["tokens"], host_batch["segment_pos"], mask))
+
+
 class TrainStep:
-  """`step(state, tokens_BT, segment_pos_BT) -> (state, metrics)`.
+  """`step(state, tokens_BT, segment_pos_BT, loss_mask_BT=None) -> (state, metrics)`.
 
   Contract: the state comes in and goes out with `setup.shardings` and is
   donated (its buffers are reused for the new state, so the caller must not
   touch the old one); the batch comes sharded over data x fsdp; metrics are
   replicated scalars. Call `lower(...)` to compile ahead of time.
+
+  The compiled step always takes a loss mask (1 where the target token
+  counts, `trainer/loss.py`); without one it is all ones, which counts every
+  in-document target: one program for text and for the synthetic tasks, and
+  `lower` without a mask compiles the program the trainer runs.
 
   With `grad_accum_steps` K > 1 the batch is cut into K micro-batches whose
   summed gradients (a lax.scan, so activations of one micro-batch at a time)
@@ -31,15 +48,15 @@ class TrainStep:
     self.mesh = mesh
     graphdef = setup.graphdef
 
-    def loss_fn(params, tokens_BT, segment_pos_BT):
+    def loss_fn(params, tokens_BT, segment_pos_BT, loss_mask_BT):
       logits_BTV, _ = nnx.merge(graphdef, params)(tokens_BT, segment_pos_BT)
-      return next_token_loss(logits_BTV, tokens_BT, segment_pos_BT, z_loss)
+      return next_token_loss(logits_BTV, tokens_BT, segment_pos_BT, z_loss, loss_mask_BT)
 
-    def nll_fn(params, tokens_BT, segment_pos_BT):
+    def nll_fn(params, tokens_BT, segment_pos_BT, loss_mask_BT):
       logits_BTV, _ = nnx.merge(graphdef, params)(tokens_BT, segment_pos_BT)
-      return next_token_nll(logits_BTV, tokens_BT, segment_pos_BT, z_loss)
+      return next_token_nll(logits_BTV, tokens_BT, segment_pos_BT, z_loss, loss_mask_BT)
 
-    def accumulated_loss_and_grads(params, tokens_BT, segment_pos_BT):
+    def accumulated_loss_and_grads(params, *batch_BT):
       # Row i*K + k goes to micro-batch k, so every device's rows feed every
       # micro-batch and none needs to move.
       def split(x_BT):
@@ -53,15 +70,17 @@ class TrainStep:
 
       zeros = jax.tree.map(jnp.zeros_like, params)
       (total, count, grads), _ = jax.lax.scan(
-          micro, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), zeros), (split(tokens_BT), split(segment_pos_BT)))
+          micro, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), zeros),
+          tuple(split(x_BT) for x_BT in batch_BT))
       count = jnp.maximum(count, 1)
       return total / count, jax.tree.map(lambda g: g / count, grads)
 
-    def step(state: TrainState, tokens_BT, segment_pos_BT):
+    def step(state: TrainState, tokens_BT, segment_pos_BT, loss_mask_BT):
+      batch = (tokens_BT, segment_pos_BT, loss_mask_BT)
       if grad_accum_steps == 1:
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, tokens_BT, segment_pos_BT)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, *batch)
       else:
-        loss, grads = accumulated_loss_and_grads(state.params, tokens_BT, segment_pos_BT)
+        loss, grads = accumulated_loss_and_grads(state.params, *batch)
       updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
       metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
@@ -69,7 +88,7 @@ class TrainStep:
 
     batch = rules.batch_sharding(mesh)
     self._compiled = None  # set by compile_now
-    self._jitted = jax.jit(step, in_shardings=(setup.shardings, batch, batch),
+    self._jitted = jax.jit(step, in_shardings=(setup.shardings, batch, batch, batch),
                            out_shardings=(setup.shardings, None),
                            donate_argnames=("state",))
 
@@ -80,11 +99,13 @@ class TrainStep:
     stack.enter_context(rules.activation_rules())
     return stack
 
-  def __call__(self, state: TrainState, tokens_BT, segment_pos_BT):
+  def __call__(self, state: TrainState, tokens_BT, segment_pos_BT, loss_mask_BT=None):
+    if loss_mask_BT is None:
+      loss_mask_BT = jnp.ones_like(tokens_BT)
     with self.context():
       if self._compiled is not None:
-        return self._compiled(state, tokens_BT, segment_pos_BT)
-      return self._jitted(state, tokens_BT, segment_pos_BT)
+        return self._compiled(state, tokens_BT, segment_pos_BT, loss_mask_BT)
+      return self._jitted(state, tokens_BT, segment_pos_BT, loss_mask_BT)
 
   def compile_now(self, state: TrainState, batch_shape: tuple[int, int]):
     """Compiles before the first step, so that processes reach their first
@@ -92,9 +113,13 @@ class TrainStep:
     processes can differ by more)."""
     row = rules.batch_sharding(self.mesh)
     batch = jax.ShapeDtypeStruct(batch_shape, jax.numpy.int32, sharding=row)
-    self._compiled = self.lower(state, batch, batch).compile()
+    self._compiled = self.lower(state, batch, batch, batch).compile()
 
-  def lower(self, state, tokens_BT, segment_pos_BT):
-    """Lower for the given (possibly abstract) arguments, e.g. a TPU topology."""
+  def lower(self, state, tokens_BT, segment_pos_BT, loss_mask_BT=None):
+    """Lower for the given (possibly abstract) arguments, e.g. a TPU topology.
+    Without a mask, the tokens' shape and sharding stand for it (int32, B x T)."""
+    if loss_mask_BT is None:
+      loss_mask_BT = jax.ShapeDtypeStruct(tokens_BT.shape, tokens_BT.dtype,
+                                          sharding=getattr(tokens_BT, "sharding", None))
     with self.context():
-      return self._jitted.lower(state, tokens_BT, segment_pos_BT)
+      return self._jitted.lower(state, tokens_BT, segment_pos_BT, loss_mask_BT)

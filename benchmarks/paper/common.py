@@ -1,0 +1,169 @@
+"""What the paper experiments share: configs with per-family overrides, a
+training run through the real loop with its validation curve, and the table.
+
+Every experiment trains with `trainer.train_loop.run_steps` and scores with
+`trainer.eval_lib.evaluate`, exactly what `python -m trainer.train` and
+`python -m trainer.evaluate` run.
+"""
+
+import json
+import os
+import time
+
+from etils import epath
+
+from model.presets import param_count
+from trainer import config as config_lib
+from trainer.config import Config
+from trainer.eval_lib import evaluate
+from trainer.run import make_eval_iterator, make_train_iterator
+from trainer.train_loop import StopFlag, run_steps
+
+# The three families of the paper at the same width and depth: Griffin keeps
+# the config's pattern and local window; Hawk has recurrent blocks only; MQA
+# global attention only (RoPE, no local window).
+FAMILY_OVERRIDES = {
+    "griffin": {},
+    "hawk": {"model.block_pattern": "R"},
+    "mqa": {"model.block_pattern": "A", "model.attention_window": None},
+}
+
+
+def runs(out: str, families: list[str], seeds: list[str]):
+  """(family, seed, workdir) of every run, seed by seed; creates `out`."""
+  unknown = [f for f in families if f not in FAMILY_OVERRIDES]
+  if unknown:
+    raise ValueError(f"--families has unknown {unknown}; valid: {list(FAMILY_OVERRIDES)}")
+  os.makedirs(out, exist_ok=True)
+  for seed in [int(s) for s in seeds]:
+    for family in families:
+      yield family, seed, os.path.join(out, f"{family}_s{seed}")
+
+
+def run_overrides(family: str, seed: int, steps: int = 0, seq_len: int = 0,
+                  window: int = 0) -> dict:
+  """One run's overrides: its seed (initialisation and data), and the steps,
+  length and Griffin window when given (0 = the config's), then the family."""
+  values = {"run.seed": seed, "data.shuffle_seed": seed}
+  if steps:
+    values.update({"run.steps": steps, "checkpoint.save_every_steps": steps})
+  if seq_len:
+    values["data.seq_len"] = seq_len
+  if window:
+    values["model.attention_window"] = window
+  return {**values, **FAMILY_OVERRIDES[family]}
+
+
+def build(get_config, overrides: dict) -> Config:
+  """`get_config()` of a config file with {"section.field": value} applied,
+  as `--config.section.field=value` would."""
+  cd = get_config()
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    cd[section][field] = value
+  return config_lib.build(cd)
+
+
+def command(config_file: str, overrides: dict, workdir: str) -> str:
+  """The `trainer.train` command line of one run."""
+  flags = " ".join(f"--config.{k}={v}" for k, v in overrides.items())
+  return (f"python -m trainer.train --config=configs/{config_file}.py "
+          f"--workdir={workdir} {flags}").strip()
+
+
+class StopWhenSolved(StopFlag):
+  """Stops the loop (it saves and returns) at the first validation record
+  whose accuracy reaches `threshold`: steps after solving cost CPU and say
+  nothing about how fast a family learns."""
+
+  def __init__(self, workdir: str, threshold: float):
+    super().__init__()
+    self.metrics = epath.Path(workdir) / "metrics.jsonl"
+    self.threshold, self.seen = threshold, 0
+
+  def __bool__(self):
+    if self.threshold <= 1 and self.metrics.exists():
+      records = self.metrics.read_text().splitlines()
+      for line in records[self.seen:]:
+        if json.loads(line).get("eval_accuracy", -1.0) >= self.threshold:
+          self.event.set()
+      self.seen = len(records)
+    return self.event.is_set()
+
+
+def train(config: Config, workdir: str, solved_accuracy: float = 2.0) -> dict:
+  """Trains `config` from scratch in `workdir` with validation every
+  `run.eval_every_steps`; stops early once validation accuracy reaches
+  `solved_accuracy` (> 1: never). Returns the run's numbers."""
+  if epath.Path(workdir).exists() and any(epath.Path(workdir).iterdir()):
+    raise ValueError(f"{workdir} is not empty; the experiments start from scratch "
+                     "(remove it or pick another --out)")
+  start = time.time()
+  history = run_steps(config, workdir, make_train_iterator(config),
+                      stop=StopWhenSolved(workdir, solved_accuracy),
+                      eval_data=lambda: make_eval_iterator(config, config.run.eval_steps))
+  wall_s = time.time() - start
+  records = [json.loads(line) for line in
+             (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  evals = [{k: r[k] for k in ("step", "eval_loss", "eval_accuracy")}
+           for r in records if "eval_accuracy" in r]
+  last = history[-1]["step"]
+  if not evals or evals[-1]["step"] != last:  # the final state is always scored
+    result = score(workdir, {}, config.run.eval_steps)
+    evals.append({"step": last, "eval_loss": result["loss"],
+                  "eval_accuracy": result["accuracy"]})
+  # Median seconds per step from the logged throughput (compile excluded).
+  rates = sorted(r["tokens_per_s_per_device"] for r in records
+                 if "tokens_per_s_per_device" in r)
+  tokens = config.data.global_batch_size * config.data.seq_len
+  step_s = tokens / rates[len(rates) // 2] if rates else float("nan")
+  return {"params": param_count(config.model), "steps": last,
+          "final_loss": history[-1]["loss"], "evals": evals, "wall_s": wall_s,
+          "step_s": step_s}
+
+
+def score(workdir: str, overrides: dict, eval_batches: int, length_multiple: int = 0) -> dict:
+  """`trainer.eval_lib.evaluate` of the latest checkpoint in `workdir`."""
+  return evaluate(workdir, None, eval_batches, make_eval_iterator, overrides, length_multiple)
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+  lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+  lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def finish(out: str, headers: list[str], rows: list[list], results: list[dict], start: float,
+           notes: tuple[str, ...] = ()):
+  """Prints the table (and notes) and writes <out>/table.md and results.json."""
+  table = markdown_table(headers, rows)
+  text = "\n".join([table, *notes, f"total {time.time() - start:.0f} s"])
+  print(text)
+  with open(os.path.join(out, "table.md"), "w") as f:
+    f.write(text + "\n")
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+
+
+def plot(path: str, series: list[tuple], *, xlabel: str, ylabel: str, title: str,
+         xscale: str = "linear", vline: tuple | None = None, hline: tuple | None = None,
+         ylim: tuple | None = None):
+  """A PNG of (label, xs, ys) lines, with an optional (x, label) vertical and
+  (y, label) horizontal reference line."""
+  import matplotlib
+  matplotlib.use("Agg")  # no display; must precede pyplot
+  from matplotlib import pyplot as plt
+  figure, axes = plt.subplots(figsize=(6, 4))
+  for label, xs, ys in series:
+    axes.plot(xs, ys, marker="o", markersize=3, label=label)
+  if vline:
+    axes.axvline(vline[0], color="gray", linestyle="--", label=vline[1])
+  if hline:
+    axes.axhline(hline[0], color="gray", linestyle=":", label=hline[1])
+  axes.set(xscale=xscale, xlabel=xlabel, ylabel=ylabel, title=title)
+  if ylim:
+    axes.set_ylim(*ylim)
+  axes.legend()
+  axes.grid(alpha=0.3)
+  figure.savefig(path, dpi=120, bbox_inches="tight")
+  plt.close(figure)
