@@ -5,7 +5,7 @@ Notation used in every array name (`x_BTD`) and einsum in this package:
   D width             E RG-LRU width (D_RNN)  F MLP hidden width (3D)
   G gate blocks       I gate block width E/G  W Conv1D width
   N query heads       H head dim              V vocabulary
-  L scanned layer groups
+  L scanned layer groups                      P sequence shards (time split)
 
 Packed rows: `segment_pos_BT` restarts at 0 for each document and grows by one
 per token. Every temporal mixer reads only that: the RG-LRU resets where it is

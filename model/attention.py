@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from model import sequence
 from model.layers import constrain, fan_in_normal, lead, param
 
 _MASKED = -2.3819763e38  # recurrentgemma's fill value for masked logits.
@@ -76,15 +77,18 @@ class AttentionBlock(nnx.Module):
     k_BTH = jnp.einsum("BTD,DH->BTH", x_BTD, self.k[...].astype(self.dtype))
     v_BTH = jnp.einsum("BTD,DH->BTH", x_BTD, self.v[...].astype(self.dtype))
     q_BTNH = constrain(apply_rope(q_BTNH, segment_pos_BT, self.rope_max_wavelength),
-                       ("batch", None, "heads", None))
+                       ("batch", "length", "heads", None))
     # The one K/V head is computed on every tensor shard (replicated).
     k_BTH = constrain(apply_rope(k_BTH, segment_pos_BT, self.rope_max_wavelength),
-                      ("batch", None, None))
-    v_BTH = constrain(v_BTH, ("batch", None, None))
+                      ("batch", "length", None))
+    v_BTH = constrain(v_BTH, ("batch", "length", None))
 
     if cache is None:
-      mask_BTS = self._sequence_mask(segment_pos_BT)
-      enc_BTNH = self._attend(q_BTNH, k_BTH, v_BTH, mask_BTS)
+      if sequence.shards() > 1:
+        enc_BTNH = self._sequence_parallel_attend(q_BTNH, k_BTH, v_BTH, segment_pos_BT)
+      else:
+        mask_BTS = self._sequence_mask(segment_pos_BT)
+        enc_BTNH = self._attend(q_BTNH, k_BTH, v_BTH, mask_BTS)
       new_cache = (None if cache_length is None else
                    self._cache_from_sequence(k_BTH, v_BTH, segment_pos_BT, cache_length))
     else:
@@ -99,6 +103,48 @@ class AttentionBlock(nnx.Module):
     if self.window is not None:
       mask_BTS &= delta_1TS <= self.window
     return mask_BTS
+
+  def _sequence_parallel_attend(self, q_BTNH, k_BTH, v_BTH, segment_pos_BT):
+    """Attention with time split over P sequence shards (`model/sequence.py`).
+
+    Each shard's queries meet the keys they may see: with a window w, those of
+    the w tokens before the shard, from the ceil(w / (T/P)) previous shards
+    (collective-permutes of the single K/V head), so a shard scores T/P x
+    (w + T/P) logits; for global attention, or a window that reaches back
+    over every earlier shard, all T keys (one all-gather of K and V). The
+    mask is the unsharded one, from global positions and the queries'
+    segment_pos (a key s is visible to query t iff 0 <= t - s <= segment_pos
+    and, locally, t - s <= window).
+    """
+    P, T = sequence.shards(), q_BTNH.shape[1]
+    T_local = T // P
+    hops = None if self.window is None else -(-self.window // T_local)
+    gather_all = hops is None or hops >= P - 1
+
+    def local(q_BTNH, k_BTH, v_BTH, segment_pos_BT):
+      t_T = sequence.index() * T_local + jnp.arange(T_local)  # global query positions
+      if gather_all:
+        k_BSH, v_BSH = sequence.gather(k_BTH), sequence.gather(v_BTH)
+        s_S = jnp.arange(T)
+      else:  # previous shards' blocks, oldest first, then the last w + T/P keys
+        def halo(x_BTH):
+          blocks = [sequence.previous(x_BTH, hop) for hop in range(hops, 0, -1)]
+          return jnp.concatenate([*blocks, x_BTH], axis=1)[:, hops * T_local - self.window:]
+        k_BSH, v_BSH = halo(k_BTH), halo(v_BTH)
+        s_S = t_T[0] - self.window + jnp.arange(self.window + T_local)
+      delta_1TS = (t_T[:, None] - s_S[None, :])[None]  # t - s
+      # s < 0: the zeros the first shards receive, before the row starts.
+      mask_BTS = ((delta_1TS >= 0) & (delta_1TS <= segment_pos_BT[:, :, None])
+                  & (s_S >= 0)[None, None])
+      if self.window is not None:
+        mask_BTS &= delta_1TS <= self.window
+      return (self._attend(q_BTNH, k_BSH, v_BSH, mask_BTS),)
+
+    return sequence.shard_map(
+        local, in_names=(("batch", "length", "heads", None), ("batch", "length", None),
+                         ("batch", "length", None), ("batch", "length")),
+        out_names=(("batch", "length", "heads", None),),
+    )(q_BTNH, k_BTH, v_BTH, segment_pos_BT)[0]
 
   def _attend(self, q_BTNH, k_BSH, v_BSH, mask_BTS):
     H = q_BTNH.shape[-1]

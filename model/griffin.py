@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from model import sequence
 from model.attention import AttentionBlock
 from model.config import BlockType, ModelConfig, Remat
 from model.layers import Embedder, MLPBlock, RMSNorm, constrain
@@ -149,6 +150,16 @@ class Griffin(nnx.Module):
         and cache_length < T):
       raise ValueError(f"cache_length={cache_length} is shorter than the prompt (T={T}); "
                        "global attention needs room for every token it will see")
+    if cache is not None and sequence.shards() > 1:
+      raise ValueError("decoding with a cache under a mesh that splits time over "
+                       f"{sequence.shards()} sequence shards: one token cannot be split; "
+                       "decode under a mesh with sequence size 1 (a data-parallel one)")
+    # Sequence parallelism: each shard's Conv1D halo comes from its neighbour.
+    if BlockType.RECURRENT in self.config.block_types:
+      sequence.check_length(T, max(self.config.conv_width - 1, 1),
+                            "the Conv1D's halo (model.conv_width - 1)")
+    else:
+      sequence.check_length(T, 1, "each shard")
 
   def _has_global_attention(self) -> bool:
     return (BlockType.ATTENTION in self.config.block_types
@@ -160,7 +171,7 @@ class Griffin(nnx.Module):
     graphdef, params = nnx.split(self.groups)
 
     def body(x_BTD, layer):
-      x_BTD = constrain(x_BTD, ("batch", None, None))
+      x_BTD = constrain(x_BTD, ("batch", "length", None))
       group_params, group_cache = layer
       group = nnx.merge(graphdef, group_params)
       x_BTD, group_cache = group(x_BTD, segment_pos_BT, group_cache, cache_length)

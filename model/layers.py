@@ -102,7 +102,7 @@ class Embedder(nnx.Module):
                             preferred_element_type=jnp.float32)
     if self.soft_cap > 0:
       logits_BTV = jnp.tanh(logits_BTV / self.soft_cap) * self.soft_cap
-    return constrain(logits_BTV, ("batch", None, "vocab"))
+    return constrain(logits_BTV, ("batch", "length", "vocab"))
 
 
 class MLPBlock(nnx.Module):
@@ -127,5 +127,5 @@ class MLPBlock(nnx.Module):
                          self.up[...].astype(self.dtype))
     up_BT2F = up_BT2F + lead(self.up_bias[...].astype(self.dtype), 4)
     h_BTF = jax.nn.gelu(up_BT2F[:, :, 0], approximate=self.gelu_tanh) * up_BT2F[:, :, 1]
-    h_BTF = constrain(h_BTF, ("batch", None, "mlp"))
+    h_BTF = constrain(h_BTF, ("batch", "length", "mlp"))
     return self.down(h_BTF)

@@ -243,7 +243,9 @@ def pallas_scan(a_BTE, b_BTE, h0_BE, *, block_t: int = BLOCK_T):
   scan = functools.partial(_local_scan, block_t=block_t)
   mesh = jax.sharding.get_abstract_mesh()
   rules = flax.core.spmd.get_logical_axis_rules()
-  if mesh.empty or not rules:
+  # Inside a shard_map (the sequence-parallel scan, `model/scan.py`) the
+  # arrays are already this shard's.
+  if mesh.empty or not rules or mesh.manual_axes:
     return scan(a_BTE, b_BTE, h0_BE)
   x_spec = nn.logical_to_mesh_axes(("batch", None, "lru"), rules)
   h_spec = nn.logical_to_mesh_axes(("batch", "lru"), rules)

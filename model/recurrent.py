@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from model import sequence
 from model.config import AInit, ScanImpl
 from model.layers import Linear, constrain, fan_in_normal, lead, param
-from model.scan import get_scan
+from model.scan import get_scan, sequence_parallel_scan
 
 
 class RecurrentCache(NamedTuple):
@@ -96,7 +97,43 @@ class RGLRU(nnx.Module):
     reset_BT1 = (segment_pos_BT == 0)[..., None]
     multiplier_BTE = jnp.where(reset_BT1, 1.0, multiplier_BTE)
     a_BTE = jnp.where(reset_BT1, 0.0, a_BTE)
-    return self.scan(a_BTE, x_BTE * gate_x_BTE * multiplier_BTE, h0_BE)
+    return sequence_parallel_scan(self.scan, a_BTE, x_BTE * gate_x_BTE * multiplier_BTE,
+                                  h0_BE)
+
+
+def causal_conv(x_BTE, segment_pos_BT, history_BWE, w_WE, b_E):
+  """The Conv1D on one stretch of time: (y_BTE, its last W-1 inputs)."""
+  W = w_WE.shape[0]
+  T = x_BTE.shape[1]
+  padded_BTE = jnp.concatenate([history_BWE.astype(x_BTE.dtype), x_BTE], axis=1)
+  y_BTE = jnp.zeros_like(x_BTE)
+  for k in range(W):  # W is 4: unrolled, each tap one fused multiply-add.
+    tap_BTE = padded_BTE[:, W - 1 - k: W - 1 - k + T]
+    valid_BT1 = (segment_pos_BT >= k)[..., None]
+    w_11E = lead(w_WE[W - 1 - k].astype(x_BTE.dtype), 3)
+    y_BTE += jnp.where(valid_BT1, tap_BTE * w_11E, 0)
+  return y_BTE + lead(b_E.astype(x_BTE.dtype), 3), padded_BTE[:, T:]
+
+
+def sequence_parallel_conv(x_BTE, segment_pos_BT, history_BWE, w_WE, b_E):
+  """`causal_conv` with time split over sequence shards (`model/sequence.py`):
+  each shard's history is the previous shard's last W-1 inputs (one
+  collective-permute of (B, W-1, E)), the first shard's is `history_BWE`.
+  A tap is still used only when k <= segment_pos of the token it feeds, so
+  documents stay cut at shard boundaries as anywhere else."""
+  W = w_WE.shape[0]
+
+  def local(x_BTE, segment_pos_BT, history_BWE, w_WE, b_E):
+    halo_BWE = sequence.previous(x_BTE[:, x_BTE.shape[1] - (W - 1):])
+    history_BWE = jnp.where(sequence.index() == 0, history_BWE.astype(x_BTE.dtype), halo_BWE)
+    return causal_conv(x_BTE, segment_pos_BT, history_BWE, w_WE, b_E)
+
+  x_names = ("batch", "length", "lru")
+  y_BTE, last_BPE = sequence.shard_map(
+      local, in_names=(x_names, ("batch", "length"), ("batch", None, "lru"),
+                       (None, "lru"), ("lru",)),
+      out_names=(x_names, x_names))(x_BTE, segment_pos_BT, history_BWE, w_WE, b_E)
+  return y_BTE, last_BPE[:, last_BPE.shape[1] - (W - 1):]  # the last shard's
 
 
 class Conv1D(nnx.Module):
@@ -111,16 +148,8 @@ class Conv1D(nnx.Module):
 
   def __call__(self, x_BTE, segment_pos_BT, history_BWE):
     """`history_BWE` holds the W-1 inputs before x (zeros when none)."""
-    W = self.w.shape[0]
-    T = x_BTE.shape[1]
-    padded_BTE = jnp.concatenate([history_BWE.astype(x_BTE.dtype), x_BTE], axis=1)
-    y_BTE = jnp.zeros_like(x_BTE)
-    for k in range(W):  # W is 4: unrolled, each tap one fused multiply-add.
-      tap_BTE = padded_BTE[:, W - 1 - k: W - 1 - k + T]
-      valid_BT1 = (segment_pos_BT >= k)[..., None]
-      w_11E = lead(self.w[W - 1 - k].astype(x_BTE.dtype), 3)
-      y_BTE += jnp.where(valid_BT1, tap_BTE * w_11E, 0)
-    return y_BTE + lead(self.b[...].astype(x_BTE.dtype), 3), padded_BTE[:, -(W - 1):]
+    conv = causal_conv if sequence.shards() == 1 else sequence_parallel_conv
+    return conv(x_BTE, segment_pos_BT, history_BWE, self.w[...], self.b[...])
 
 
 class RecurrentBlock(nnx.Module):
@@ -155,7 +184,7 @@ class RecurrentBlock(nnx.Module):
     if cache is None:
       cache = self.init_cache(x_BTD.shape[0])
     # Channels stay split over the tensor axis from linear_x/y to linear_out.
-    lru_axes = ("batch", None, "lru")
+    lru_axes = ("batch", "length", "lru")
     in_BT2E = jnp.einsum("BTD,DCE->BTCE", x_BTD.astype(self.dtype),
                          self.in_proj[...].astype(self.dtype))
     in_BT2E = in_BT2E + lead(self.in_bias[...].astype(self.dtype), 4)

@@ -2,12 +2,14 @@
 
 All take a_BTE, b_BTE (f32) and an initial state h0_BE, and return (h_BTE,
 h_last_BE). The Pallas TPU kernel is in `model/pallas_scan.py`; look scans up
-with `get_scan`, which also resolves `ScanImpl.AUTO`.
+with `get_scan`, which also resolves `ScanImpl.AUTO`. `sequence_parallel_scan`
+runs any of them with time split over devices.
 """
 
 import jax
 import jax.numpy as jnp
 
+from model import sequence
 from model.config import ScanImpl
 from model.pallas_scan import pallas_scan
 
@@ -71,3 +73,48 @@ def get_scan(impl: ScanImpl):
   if impl not in SCANS:
     raise ValueError(f"scan_impl={impl!r} is not one of {[i.value for i in SCANS]}.")
   return SCANS[impl]
+
+
+def sequence_parallel_scan(scan, a_BTE, b_BTE, h0_BE):
+  """`scan(a_BTE, b_BTE, h0_BE)` with time split over P sequence shards
+  (`model/sequence.py`); just `scan` when time is not split.
+
+  The recurrence is affine in the state, so shard p's chunk maps the state
+  entering it, h_in, to h_out = A_p h_in + z_p, with A_p the product of its
+  a_t (0 once a document starts inside the chunk: resets are already a_t = 0)
+  and z_p its last state when scanned from zero. Each shard:
+    1. scans its chunk from zero for z_p, and multiplies its a_t into A_p;
+    2. all-gathers the P (A, z) pairs, (B, E) each, and composes them in time
+       order from h0: the state entering every shard, and the last state;
+    3. scans its chunk again from the state entering it.
+  Step 3 repeats the unsharded scan's operations from a carry equal to its
+  own up to f32 rounding, so the values match it, and differentiating through
+  the two scans and the composition gives its gradients. Twice the scan work
+  of one chunk (the first scan's outputs but z_p are dropped) and one
+  all-gather of 2 P B E floats per layer (B and E of one shard; its
+  transpose, a reduce-scatter, in the backward pass).
+  """
+  if sequence.shards() == 1:
+    return scan(a_BTE, b_BTE, h0_BE)
+
+  def local(a_BTE, b_BTE, h0_BE):
+    B, _, E = a_BTE.shape
+    _, z_BE = scan(a_BTE, b_BTE, jnp.zeros_like(h0_BE))
+    decay_BE = jnp.prod(a_BTE, axis=1)
+    # One all-gather of both: shard p's pair lands at [2p, 2p + 1].
+    pairs_B2PE = sequence.gather(jnp.stack([decay_BE, z_BE], axis=1))
+    pairs_P2BE = jnp.transpose(pairs_B2PE.reshape(B, -1, 2, E), (1, 2, 0, 3))
+
+    def compose(h_BE, pair_2BE):
+      decay_BE, z_BE = pair_2BE
+      return decay_BE * h_BE + z_BE, h_BE
+
+    h_last_BE, h_in_PBE = jax.lax.scan(compose, h0_BE, pairs_P2BE)
+    h_BTE, _ = scan(a_BTE, b_BTE, h_in_PBE[sequence.index()])
+    return h_BTE, h_last_BE[:, None]  # every shard holds it: keep one copy
+
+  x_names, h_names = ("batch", "length", "lru"), ("batch", "lru")
+  h_BTE, h_last_BPE = sequence.shard_map(
+      local, in_names=(x_names, x_names, h_names), out_names=(x_names, x_names)
+  )(a_BTE, b_BTE, h0_BE)
+  return h_BTE, h_last_BPE[:, -1]

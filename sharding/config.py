@@ -1,4 +1,5 @@
-"""The mesh's frozen config: ICI and DCN sizes of the data, fsdp, tensor axes.
+"""The mesh's frozen config: ICI and DCN sizes of the data, fsdp, sequence and
+tensor axes.
 
 ICI sizes split the devices of one slice (fast links); DCN sizes split the
 slices (data-centre network). -1 means "the rest". No JAX import: the sizes are
@@ -8,18 +9,28 @@ checked against a device count the caller passes in.
 import dataclasses
 import math
 
-AXES = ("data", "fsdp", "tensor")
+# Mesh axis order, by increasing network traffic (what `create_device_mesh`
+# expects): tensor (all-reduces of activations in every block) is innermost;
+# sequence (small halos and carries to neighbouring shards) sits next to it.
+AXES = ("data", "fsdp", "sequence", "tensor")
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """Per-axis mesh sizes; an axis spans `ici_<axis> * dcn_<axis>` devices."""
+  """Per-axis mesh sizes; an axis spans `ici_<axis> * dcn_<axis>` devices.
+
+  `sequence` > 1 splits every activation's time axis (sequence parallelism,
+  docs/architecture.md): for long sequences whose activations do not fit when
+  only the batch is split.
+  """
 
   ici_data: int = -1
   ici_fsdp: int = 1
+  ici_sequence: int = 1
   ici_tensor: int = 1
   dcn_data: int = 1
   dcn_fsdp: int = 1
+  dcn_sequence: int = 1
   dcn_tensor: int = 1
 
   def __post_init__(self):
@@ -56,7 +67,7 @@ class MeshConfig:
     return ici, dcn
 
   def resolve(self, num_devices: int, num_slices: int = 1) -> dict[str, int]:
-    """The total size of each axis, {"data": .., "fsdp": .., "tensor": ..}."""
+    """The total size of each axis, {"data": .., "fsdp": .., "sequence": .., "tensor": ..}."""
     ici, dcn = self.resolve_ici_dcn(num_devices, num_slices)
     return {axis: ici[axis] * dcn[axis] for axis in AXES}
 

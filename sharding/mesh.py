@@ -15,7 +15,7 @@ def num_slices_of(devices: Sequence[jax.Device]) -> int:
 
 
 def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """A mesh with axes ("data", "fsdp", "tensor").
+  """A mesh with axes ("data", "fsdp", "sequence", "tensor").
 
   Within a slice the devices are laid out by `mesh_utils.create_device_mesh`
   (physical-topology aware on TPU); across slices by

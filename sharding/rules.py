@@ -16,6 +16,12 @@ table maps each name to mesh axes (None = replicated). Paper §4.1 layout:
     activation (B, T, V) is never replicated; the input lookup costs one
     all-reduce of (B, T, D).
   - The batch over `data` x `fsdp`.
+  - Sequence parallelism: activations' time axis ("length") over `sequence`
+    (size 1 unless the mesh config asks for more). Everything per token needs
+    no communication; the RG-LRU passes a (B, E) carry per shard, the Conv1D a
+    halo of W-1 tokens and attention its K/V halo (`model/sequence.py`).
+    Parameters are never split over `sequence`: its shards hold copies, like
+    data shards (`fsdp` is the axis that shards them).
 """
 
 import jax
@@ -24,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
+    ("length", "sequence"),
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("mlp", "tensor"),

@@ -84,7 +84,7 @@ def _check_fits(report, config):
 def test_tiny_config_compiles_for_v5e_8():
   config = _tiny(ici_data=2, ici_fsdp=2, ici_tensor=2)
   report = aot.compile_report(config, "v5e-8")
-  assert report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert report["mesh"] == {"data": 2, "fsdp": 2, "sequence": 1, "tensor": 2}
   assert (report["chips"], report["topology"]) == (8, "v5e:2x4")
   _check_fits(report, config)
   assert report["roofline_step_s"] == pytest.approx(
@@ -94,7 +94,7 @@ def test_tiny_config_compiles_for_v5e_8():
 def test_tiny_config_compiles_for_two_slices():
   config = _tiny(ici_data=1, ici_fsdp=-1, dcn_data=-1)
   report = aot.compile_report(config, "v5e-4", num_slices=2)
-  assert report["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
+  assert report["mesh"] == {"data": 2, "fsdp": 4, "sequence": 1, "tensor": 1}
   assert report["chips"] == 8
   _check_fits(report, config)
 

@@ -185,12 +185,15 @@ def test_missing_or_unknown_section_is_rejected():
 
 
 @pytest.mark.parametrize("mesh,num_devices,num_slices,sizes", [
-    (MeshConfig(), 8, 1, {"data": 8, "fsdp": 1, "tensor": 1}),
-    (MeshConfig(ici_fsdp=2, ici_tensor=2), 8, 1, {"data": 2, "fsdp": 2, "tensor": 2}),
-    (MeshConfig(ici_data=1, ici_fsdp=-1), 8, 1, {"data": 1, "fsdp": 8, "tensor": 1}),
-    (MeshConfig(dcn_data=-1), 16, 2, {"data": 16, "fsdp": 1, "tensor": 1}),
+    (MeshConfig(), 8, 1, {"data": 8, "fsdp": 1, "sequence": 1, "tensor": 1}),
+    (MeshConfig(ici_fsdp=2, ici_tensor=2), 8, 1,
+     {"data": 2, "fsdp": 2, "sequence": 1, "tensor": 2}),
+    (MeshConfig(ici_data=1, ici_fsdp=-1), 8, 1, {"data": 1, "fsdp": 8, "sequence": 1, "tensor": 1}),
+    (MeshConfig(dcn_data=-1), 16, 2, {"data": 16, "fsdp": 1, "sequence": 1, "tensor": 1}),
     (MeshConfig(ici_fsdp=-1, ici_data=1, dcn_data=2), 16, 2,
-     {"data": 2, "fsdp": 8, "tensor": 1}),
+     {"data": 2, "fsdp": 8, "sequence": 1, "tensor": 1}),
+    (MeshConfig(ici_data=2, ici_sequence=-1), 8, 1,
+     {"data": 2, "fsdp": 1, "sequence": 4, "tensor": 1}),
 ])
 def test_mesh_resolves(mesh, num_devices, num_slices, sizes):
   assert mesh.resolve(num_devices, num_slices) == sizes

@@ -47,7 +47,7 @@ def f32(tree):
 
 
 def _tpu_mesh(name, shape):
-  """A data x fsdp x tensor mesh over the fake devices of a TPU topology."""
+  """A data x fsdp x sequence x tensor mesh over the fake devices of a TPU topology."""
   devices = topologies.get(name).get_topology_desc().devices
   return jax.sharding.Mesh(np.asarray(devices).reshape(shape), AXES,
                            axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
@@ -121,7 +121,7 @@ def test_all_bf16_accumulates_in_f32():
 def test_sharded_equals_unsharded():
   """Under a data x fsdp x tensor mesh and the rules table, as in the train
   step: each shard scans its own rows and channels, with no communication."""
-  mesh = jax.make_mesh((2, 2, 2), AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
+  mesh = jax.make_mesh((2, 2, 1, 2), AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
   args = inputs(4, 32, 256)
   scan = functools.partial(pallas_scan, block_t=16)
 
@@ -147,7 +147,7 @@ def test_auto_is_linear_off_tpu_and_pallas_for_a_tpu_mesh():
   args = inputs(8, 16, 256)
   assert target_platform() == "cpu"
   assert "pallas_call" not in str(jax.make_jaxpr(auto_scan)(*args))
-  with jax.set_mesh(_tpu_mesh("v5e-8", (2, 2, 2))), rules.activation_rules():
+  with jax.set_mesh(_tpu_mesh("v5e-8", (2, 2, 1, 2))), rules.activation_rules():
     assert target_platform() == "tpu"
     assert "pallas_call" in str(jax.make_jaxpr(auto_scan)(*args))
 
@@ -175,7 +175,7 @@ def test_tiny_griffin_loss_and_grads_equal_linear():
 def test_kernel_compiles_for_v5p(dtype, h0_dtype, T):
   """Forward and backward kernels at a production-like width (2048 channels
   per shard: 16 rows of 128 lanes), through Mosaic."""
-  mesh = _tpu_mesh("v5p-8", (2, 1, 2))
+  mesh = _tpu_mesh("v5p-8", (2, 1, 1, 2))
   x = jax.sharding.NamedSharding(mesh, rules.spec_for(("batch", None, "lru"), "a, b"))
   h = jax.sharding.NamedSharding(mesh, rules.spec_for(("batch", "lru"), "h0"))
   B, E = 4, 4096
