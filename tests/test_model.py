@@ -166,6 +166,35 @@ def test_program_does_not_grow_with_depth():
   assert one_group < with_tail < 2 * one_group
 
 
+@pytest.mark.parametrize("T, window, chunk", [(48, 4, 4), (60, 7, 10), (48, 30, 0)])
+def test_blocked_local_attention_equals_the_full_mask(T, window, chunk):
+  """Rows longer than two windows are scored in blocks of `chunk` queries
+  against their block and the previous one; values and gradients equal the
+  T x T mask's. Documents start inside blocks and on block boundaries."""
+  from model.attention import AttentionBlock
+  block = AttentionBlock(32, 16, window=window, rope_max_wavelength=1e4, out_init_scale=1.0,
+                         dtype=jnp.float32, rngs=nnx.Rngs(0))
+  assert block._chunk(T) == chunk
+  q_BTNH, k_BTH, v_BTH = (jax.random.normal(jax.random.key(i), shape) for i, shape in
+                          enumerate([(2, T, 2, 16), (2, T, 16), (2, T, 16)]))
+  segment_pos_BT = jnp.asarray(np.stack([
+      np.concatenate([np.arange(chunk or 5), np.arange(T - (chunk or 5))]),
+      np.arange(T) % 11]), jnp.int32)
+
+  def full(q, k, v):
+    return block._attend(q, k, v, block._sequence_mask(segment_pos_BT))
+
+  blocked = full if not chunk else lambda q, k, v: block._blocked_attend(q, k, v, segment_pos_BT)
+  cotangent_BTNH = jax.random.normal(jax.random.key(9), q_BTNH.shape)
+  for fn in (full, blocked):
+    out, vjp = jax.vjp(fn, q_BTNH, k_BTH, v_BTH)
+    if fn is full:
+      expected, expected_grads = out, vjp(cotangent_BTNH)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+  for got, want in zip(vjp(cotangent_BTNH), expected_grads):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_bad_call_arguments_are_named():
   model = Griffin(MQA, nnx.Rngs(0))
   tokens_BT, segment_pos_BT = batch()
