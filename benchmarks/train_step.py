@@ -1,14 +1,16 @@
-"""Forward+backward step speed: this project's Griffin vs recurrentgemma 1.0.1.
+"""Training step speed: this project's Griffin vs recurrentgemma 1.0.1.
 
-Command, from the repository root (all rows: about 14 minutes on a shared 2-core
+Command, from the repository root (all rows: about 15 minutes on a shared 2-core
 CPU, ~200 s of it compiling recurrentgemma's linear scan; progress goes to stderr):
-  python -m benchmarks.model_step --configs=A,B --steps=3 \
-      --scans=linear,associative --systems=ours,recurrentgemma
+  python -m benchmarks.train_step --configs=A,B --steps=3 \
+      --scans=linear,associative --systems=ours,recurrentgemma --remat=full
 
-Both systems run the same step on the same weights (recurrentgemma's init,
-loaded into ours): jax.jit of value_and_grad (w.r.t. all parameters) of the
-mean next-token cross-entropy, f32 params and compute, remat on (ours
-Remat.FULL, recurrentgemma gradient_checkpointing=True). Inputs: random tokens
+Both systems run the same training step on the same weights (recurrentgemma's
+init, loaded into ours): one jax.jit of value_and_grad (w.r.t. all parameters)
+of the mean next-token cross-entropy followed by the same optax AdamW update
+(parameters and moments donated), f32 params and compute. --remat=full: ours
+Remat.FULL, recurrentgemma gradient_checkpointing=True; --remat=none: neither
+recomputes (the faster choice on a CPU, where memory is not the limit). Inputs: random tokens
 (B, T) int32 and a packed layout, 2 documents of T/2 tokens per row
 (segment_pos = arange(T) % (T/2)). Griffin pattern (R, R, A), lru_width =
 width, head_dim 128 (N = width/128 heads), gate_blocks = N (recurrentgemma's
@@ -29,7 +31,6 @@ a jitted f32 2048x2048 @ 2048x2048 matmul (median of 5) measured in the run.
 """
 
 import dataclasses
-import statistics
 import sys
 import time
 
@@ -40,6 +41,7 @@ import recurrentgemma.jax as rg
 from absl import app, flags
 from flax import nnx
 
+from benchmarks.timing import cross_entropy, matmul_gflops, time_step
 from model.config import BlockType, ModelConfig, Remat, ScanImpl
 from model.convert import load_recurrentgemma_params, recurrentgemma_config_fields
 from model.griffin import Griffin
@@ -48,6 +50,8 @@ _CONFIGS = flags.DEFINE_list("configs", ["A", "B"], "Shapes to run: A, B.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per row (after 1 warmup).")
 _SCANS = flags.DEFINE_list("scans", ["linear", "associative"], "linear, associative.")
 _SYSTEMS = flags.DEFINE_list("systems", ["ours", "recurrentgemma"], "ours, recurrentgemma.")
+_REMAT = flags.DEFINE_enum("remat", "full", ["full", "none"],
+                           "Recompute the forward pass in the backward (both systems) or not.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +75,7 @@ def model_config(shape: Shape, scan: str) -> ModelConfig:
       lru_width=shape.width, block_pattern=(R, R, A),
       attention_window=min(1024, shape.seq), head_dim=128, mlp_expansion=3,
       gate_blocks=shape.width // 128, scan_impl=OUR_SCANS[scan],
-      remat=Remat.FULL, compute_dtype="float32")
+      remat=Remat(_REMAT.value), compute_dtype="float32")
 
 
 def inputs(shape: Shape):
@@ -81,19 +85,13 @@ def inputs(shape: Shape):
   return tokens_BT, jnp.broadcast_to(pos_T, (shape.batch, shape.seq))
 
 
-def cross_entropy(logits_BTV, tokens_BT):
-  logp_BTV = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
-  target_BT1 = tokens_BT[:, 1:, None]
-  return -jnp.mean(jnp.take_along_axis(logp_BTV, target_BT1, axis=-1))
-
-
 def rg_model(config: ModelConfig, scan: str):
   rg_types = {R: rg.TemporalBlockType.RECURRENT, A: rg.TemporalBlockType.ATTENTION}
   rg_config = rg.GriffinConfig(
       **recurrentgemma_config_fields(config),
       block_types=tuple(rg_types[t] for t in config.block_types),
       scan_type=RG_SCANS[scan])
-  return rg.Griffin(rg_config, gradient_checkpointing=True, dtype=None,
+  return rg.Griffin(rg_config, gradient_checkpointing=_REMAT.value == "full", dtype=None,
                     param_dtype=jnp.float32)
 
 
@@ -115,32 +113,6 @@ def loss_fns(config: ModelConfig, scan: str, tokens_BT, pos_BT):
     return cross_entropy(logits_BTV, tokens_BT)
 
   return {"ours": (our_loss, our_params), "recurrentgemma": (rg_loss, rg_params)}
-
-
-def time_step(loss_fn, params, tokens_BT, pos_BT, steps: int):
-  """(compile seconds, median step seconds, loss)."""
-  start = time.perf_counter()
-  step = jax.jit(jax.value_and_grad(loss_fn)).lower(params, tokens_BT, pos_BT).compile()
-  compile_s = time.perf_counter() - start
-  loss, _ = jax.block_until_ready(step(params, tokens_BT, pos_BT))  # warmup
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    jax.block_until_ready(step(params, tokens_BT, pos_BT))
-    times.append(time.perf_counter() - start)
-  return compile_s, statistics.median(times), float(loss)
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-  x_NN = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
-  matmul = jax.jit(lambda a, b: a @ b)
-  jax.block_until_ready(matmul(x_NN, x_NN))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(matmul(x_NN, x_NN))
-    times.append(time.perf_counter() - start)
-  return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def model_flops(config: ModelConfig, params, pos_BT) -> float:
@@ -207,7 +179,7 @@ def main(argv):
   start = time.perf_counter()
   matmul_rate = matmul_gflops()
   rows = run_rows(matmul_rate)
-  print(f"\njax {jax.__version__}, {jax.devices()[0].platform}, "
+  print(f"\nremat {_REMAT.value}, jax {jax.__version__}, {jax.devices()[0].platform}, "
         f"total {time.perf_counter() - start:.0f} s\n")
   print(table(rows, matmul_rate))
 

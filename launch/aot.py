@@ -7,13 +7,16 @@ Builds the fake devices of the TPU topology (libtpu, the `tpu` or `test` extra),
 the mesh from the config's mesh section over them, the sharded abstract state,
 and compiles `TrainStep` for (global_batch, seq_len) int32 batches. Prints the
 per-device memory (XLA's memory_analysis), the analytic step FLOPs
-(model/flops.py), a roofline step time and the MFU bound; exits 1 when the step
-does not fit the chip's HBM. No TPU, no allocation: only the compiler runs.
+(model/flops.py), a compute-only roofline step time and the MFU bound; exits 1
+when the step does not fit the chip's HBM. No TPU, no allocation: only the
+compiler runs. `python -m benchmarks.roofline` (launch/roofline.py) adds HBM
+bytes and collectives to the step time estimate.
 """
 
 import os
 import sys
 import time
+from typing import NamedTuple
 
 from launch import topologies
 
@@ -33,7 +36,7 @@ from sharding.config import AXES  # noqa: E402
 from sharding.mesh import make_mesh, num_slices_of  # noqa: E402
 from trainer import config as config_lib  # noqa: E402
 from trainer.optimizer import make_optimizer  # noqa: E402
-from trainer.state import plan_state  # noqa: E402
+from trainer.state import ShardedSetup, plan_state  # noqa: E402
 from trainer.train_step import TrainStep  # noqa: E402
 
 _MEMORY_FIELDS = ("argument", "output", "alias", "temp", "generated_code")
@@ -81,14 +84,20 @@ def topology_mesh(mesh_config, devices) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(grid, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
 
 
-def compile_report(config: config_lib.Config, accelerator_type: str,
-                   num_slices: int = 1) -> dict:
-  """Compiles the train step for `num_slices` x `accelerator_type`.
+class LoweredStep(NamedTuple):
+  """The train step lowered for a TPU topology, and what it was lowered over."""
+  tpu: topologies.TpuType
+  sizes: dict[str, int]  # mesh axis sizes
+  mesh: jax.sharding.Mesh
+  setup: ShardedSetup
+  lowered: jax.stages.Lowered
 
-  Returns the report: memory in bytes per device (None where the compiler ran
-  out of memory), `fits`, and `error` (the compiler's message) when it did not.
-  Raises ValueError for bad input, before anything compiles.
-  """
+
+def lower_train_step(config: config_lib.Config, accelerator_type: str,
+                     num_slices: int = 1) -> LoweredStep:
+  """`TrainStep` lowered for (global_batch, seq_len) int32 batches on the fake
+  devices of `num_slices` x `accelerator_type`; `.lowered.compile()` runs the
+  TPU compiler. Raises ValueError for bad input, before anything is traced."""
   tpu, sizes = validate(config, accelerator_type, num_slices)
   mesh = topology_mesh(config.mesh, tpu.get_topology_desc(num_slices).devices)
   optimizer = make_optimizer(config.optimizer, config.run.steps)
@@ -97,6 +106,22 @@ def compile_report(config: config_lib.Config, accelerator_type: str,
                        setup.abstract, setup.shardings)
   B, T = config.data.global_batch_size, config.data.seq_len
   batch_BT = jax.ShapeDtypeStruct((B, T), jnp.int32, sharding=rules.batch_sharding(mesh))
+  lowered = TrainStep(setup, optimizer, mesh, config.optimizer.z_loss,
+                      config.optimizer.grad_accum_steps).lower(state, batch_BT, batch_BT)
+  return LoweredStep(tpu, sizes, mesh, setup, lowered)
+
+
+def compile_report(config: config_lib.Config, accelerator_type: str,
+                   num_slices: int = 1) -> dict:
+  """Compiles the train step for `num_slices` x `accelerator_type`.
+
+  Returns the report: memory in bytes per device (None where the compiler ran
+  out of memory), `fits`, and `error` (the compiler's message) when it did not.
+  Raises ValueError for bad input, before anything compiles.
+  """
+  start = time.perf_counter()  # lowering included, as before the split
+  tpu, sizes, _, setup, lowered = lower_train_step(config, accelerator_type, num_slices)
+  B, T = config.data.global_batch_size, config.data.seq_len
   chips = tpu.chips * num_slices
   train = flops.train_flops(config.model, B, T)
   hardware = train + flops.remat_flops(config.model, B, T)
@@ -109,11 +134,8 @@ def compile_report(config: config_lib.Config, accelerator_type: str,
       train_flops=train, hardware_flops=hardware,
       roofline_step_s=hardware / (chips * tpu.peak_bf16_flops),
       mfu_bound=train / hardware, error=None)
-  start = time.perf_counter()
   try:
-    compiled = TrainStep(setup, optimizer, mesh, config.optimizer.z_loss,
-                         config.optimizer.grad_accum_steps).lower(
-        state, batch_BT, batch_BT).compile()
+    compiled = lowered.compile()
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
@@ -161,7 +183,8 @@ def format_report(r: dict) -> str:
       "  XLA cost_analysis per device (counts a scanned layer group once): " + (
           "n/a" if r["xla_flops_per_device"] is None
           else f"{r['xla_flops_per_device'] / 1e12:.3f} T"),
-      f"roofline step time at peak bf16: {r['roofline_step_s'] * 1e3:.1f} ms; "
+      f"compute-only roofline step time at peak bf16: {r['roofline_step_s'] * 1e3:.1f} ms "
+      "(benchmarks/roofline.py adds HBM and ICI); "
       f"MFU bound (model / hardware FLOPs): {100 * r['mfu_bound']:.1f}%",
       "FITS" if r["fits"] else f"DOES NOT FIT: {r['error']}"]
   return "\n".join(lines)

@@ -1,0 +1,163 @@
+"""Roofline step time and MFU of the 1B, 7B and 14B configs on TPU pods,
+estimated from compile-only checks on this CPU host (no TPU needed).
+
+Command, from the repository root (libtpu from the `tpu` or `test` extra):
+  python -m benchmarks.roofline [--rows=all] [--cache=/tmp/roofline_cache.json]
+      [--check_full=griffin_1b@v5p-16]
+Three compiles per row, one at a time, 2-11 minutes each on a shared 2-core
+host (about 90 minutes for all six rows). The HLO of every compile is kept
+gzipped in roofline_hlo/ beside the cache, so a change to the analysis re-reads
+it instead of compiling again.
+
+Each row compiles the real train step three times at small depth and
+extrapolates to the config's depth (`launch/roofline.py` says how and why);
+`--check_full` also compiles the listed rows at full depth and prints how far
+the fit's prediction of that compile's figures is from XLA's. Measurements are
+cached in `--cache` (keyed by config, overrides, topology and variant), so a
+rerun prints the table without compiling.
+
+Every row overrides `model.scan_impl=auto`: on TPU that is the Pallas RG-LRU
+kernel. The configs' default `linear` is a lax.scan over 2048 time steps inside
+each layer: sequential steps that a roofline cannot price, and a loop inside the
+layer loop that cost_analysis would count once.
+"""
+
+import json
+import math
+import os
+import sys
+
+from absl import app, flags
+
+from launch import roofline
+
+_ROWS = flags.DEFINE_list("rows", ["all"], "Row names (config@topology[+knob]) or all.")
+_CACHE = flags.DEFINE_string("cache", "/tmp/roofline_cache.json", "Measurement cache.")
+_CHECK_FULL = flags.DEFINE_list("check_full", [], "Rows to compile at full depth too.")
+
+TARGET_MFU = 0.60  # the performance issue's target for griffin_7b on v5p
+AUTO = {"model.scan_impl": "auto"}
+# (name, config file, accelerator type, overrides). The meshes are the config
+# files' (fsdp fixed, data = the rest), as `python -m launch.aot` compiles them.
+ROWS = (
+    ("griffin_1b@v5e-16", "griffin_1b", "v5e-16", {}),
+    # v5p-16 is 8 chips: the config's fsdp 16 becomes 8 (8 rows per chip).
+    ("griffin_1b@v5p-16", "griffin_1b", "v5p-16", {"mesh.ici_fsdp": 8}),
+    ("griffin_7b@v5p-64", "griffin_7b", "v5p-64", {}),
+    ("griffin_7b@v5e-256", "griffin_7b", "v5e-256", {}),
+    ("griffin_14b@v5p-128", "griffin_14b", "v5p-128", {}),
+    # The knob for the 7B v5p target: keep the matmul outputs instead of
+    # recomputing them (remat's recompute is a quarter of full remat's FLOPs).
+    ("griffin_7b@v5p-64+save_matmuls", "griffin_7b", "v5p-64",
+     {"model.remat": "save_matmuls"}),
+)
+
+
+def build_config(config_name: str, overrides: dict):
+  """configs/<config_name>.py with `overrides` (dotted keys) and scan_impl=auto."""
+  import importlib
+
+  from trainer import config as config_lib
+  cd = importlib.import_module(f"configs.{config_name}").get_config()
+  for key, value in {**AUTO, **overrides}.items():
+    section, field = key.split(".")
+    cd[section][field] = value
+  return config_lib.build(cd)
+
+
+class Cache:
+  """Variant figures on disk, so a table reruns without compiling."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.entries = json.load(open(path)) if path and os.path.exists(path) else {}
+
+  def measure_fn(self, row_name: str):
+    def measure(config, accelerator_type, num_slices, copies, groups):
+      key = f"{row_name}|{accelerator_type}|{num_slices}|k={copies}|n={groups}"
+      if key not in self.entries:
+        keep = os.path.join(os.path.dirname(os.path.abspath(self.path)), "roofline_hlo",
+                            key.replace("|", "_").replace("@", "_").replace("=", ""))
+        os.makedirs(os.path.dirname(keep), exist_ok=True)
+        if os.path.exists(f"{keep}.cost.json"):  # compiled before; re-read
+          figures = roofline.measure_saved(keep, config, accelerator_type, num_slices, groups)
+        else:
+          print(f"compiling {key} ...", file=sys.stderr, flush=True)
+          figures = roofline.compile_variant(config, accelerator_type, num_slices, copies,
+                                             groups, keep=keep)
+          print(f"  {figures['compile_s']:.0f} s", file=sys.stderr, flush=True)
+        self.entries[key] = figures
+        with open(self.path, "w") as f:
+          json.dump(self.entries, f, indent=1)
+      return self.entries[key]
+    return measure
+
+
+def _xla(r: dict) -> str:
+  """XLA's own step estimate and the MFU it implies; n/a where it has none."""
+  if math.isnan(r["xla_s"]):
+    return "n/a"
+  return f"{r['xla_s']:.3f} ({100 * r['mfu_xla']:.1f}%)"
+
+
+def table(rows: list[tuple[str, dict]]) -> str:
+  lines = [
+      "| config | TPU type | mesh (data x fsdp x tensor) | batch x seq | remat | model "
+      "TFLOPs | hardware TFLOPs (XLA) | HBM GB / chip | ICI GB / chip | compute s | "
+      "memory s | comm s | est. step s (A / B / C) | est. MFU (A / B / C) | "
+      "XLA optimal s (MFU) |",
+      "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  for name, r in rows:
+    mesh = " x ".join(str(r["mesh"][a]) for a in ("data", "fsdp", "tensor"))
+    if r["mesh"]["sequence"] > 1:
+      mesh += f" (sequence {r['mesh']['sequence']})"
+    lines.append(
+        f"| {name.split('@')[0]}{name[name.index('+'):] if '+' in name else ''} | "
+        f"{r['accelerator_type']} | {mesh} | {r['global_batch']} x {r['seq_len']} | "
+        f"{r['remat']} | {r['model_flops'] / 1e12:,.0f} | {r['hardware_flops'] / 1e12:,.0f} | "
+        f"{r['hbm_bytes_per_chip'] / 1e9:,.0f} | {r['ici_bytes_per_chip'] / 1e9:.1f} | "
+        f"{r['compute_s']:.3f} | {r['memory_s']:.3f} | {r['comm_s']:.3f} | "
+        f"{r['overlapped_s']:.3f} / {r['serial_s']:.3f} / {r['sum_s']:.3f} | "
+        f"{100 * r['mfu']:.1f}% / {100 * r['mfu_serial']:.1f}% / {100 * r['mfu_sum']:.1f}% | "
+        f"{_xla(r)} |")
+  lines.append("\nA: max(compute, memory, collectives) per part (outside the layer loops, "
+               "inside); B: collectives not overlapped; C: nothing overlapped.")
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  known = {name: row for name, *row in ROWS}
+  names = list(known) if _ROWS.value == ["all"] else _ROWS.value
+  for name in names + _CHECK_FULL.value:
+    if name not in known:
+      raise ValueError(f"unknown row {name!r}; valid: {', '.join(known)} or all")
+  cache = Cache(_CACHE.value)
+  results = []
+  for name in names:
+    config_name, accelerator_type, overrides = known[name]
+    config = build_config(config_name, overrides)
+    results.append((name, roofline.estimate(config, accelerator_type,
+                                            measure_fn=cache.measure_fn(name))))
+  print(table(results))
+  for name, r in results:
+    if name == "griffin_7b@v5p-64":
+      verdict = "meets" if r["mfu"] >= TARGET_MFU else "does not meet"
+      print(f"\n{name}: estimated MFU {100 * r['mfu']:.1f}% (collectives overlapped), "
+            f"{100 * r['mfu_serial']:.1f}% (not overlapped): {verdict} the "
+            f"{100 * TARGET_MFU:.0f}% target. With compute, memory and collectives in "
+            f"turn (no overlap at all): {100 * r['mfu_sum']:.1f}%; at XLA's own step "
+            f"estimate: {_xla(r)}.")
+  for name in _CHECK_FULL.value:
+    config_name, accelerator_type, overrides = known[name]
+    config = build_config(config_name, overrides)
+    row = dict(results)[name] if name in dict(results) else roofline.estimate(
+        config, accelerator_type, measure_fn=cache.measure_fn(name))
+    full = cache.measure_fn(name)(config, accelerator_type, 1, 1, config.model.num_groups)
+    print(f"\n{name} at full depth: " + roofline.format_check(
+        roofline.check_full(row, full)))
+
+
+if __name__ == "__main__":
+  app.run(main)

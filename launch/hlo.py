@@ -1,0 +1,235 @@
+"""Collectives and loops of a compiled (post-SPMD, scheduled) HLO module's text.
+
+XLA's `cost_analysis()` gives FLOPs and bytes but says nothing about what
+crosses the interconnect; this module reads it off `compiled.as_text()`:
+every all-gather, reduce-scatter, all-reduce, all-to-all and
+collective-permute, the devices of its groups, and how many times it runs
+(the trip counts of the while loops around it).
+
+What the TPU compiler prints, and how it is read:
+  - A collective can appear in several fused computations under one
+    `channel_id` (an async start, the compute fusion it overlaps with, the
+    done): it is one transfer, counted once per executing computation.
+  - Fused computations run where their fusion instruction runs; while bodies
+    run `trip count` times (the loop condition's `constant(N)` compared LT
+    with a counter from 0, or `known_trip_count` where XLA prints it).
+  - Replica groups come in three spellings: explicit `{{0,1},{2,3}}`, iota
+    `[2,4]<=[4,2]T(1,0)`, and mesh `mesh['axis_0'=4,'axis_1'=2],
+    device_ids=([2,4]T(1,0)) {'axis_0'}`. Ids index the executable's device
+    assignment, which for `jax.jit` over a mesh is `mesh.devices.flat`.
+
+Per-chip traffic of a collective over n chips of a full array of S bytes (a
+ring, or any bandwidth-optimal algorithm): all-gather, reduce-scatter and
+all-to-all send S (n - 1) / n; all-reduce 2 S (n - 1) / n (reduce-scatter then
+all-gather); collective-permute S.
+"""
+
+import collections
+import dataclasses
+import math
+import re
+
+import numpy as np
+
+KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+_ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
+               "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
+               "c128": 16, "s4": 0.5, "u4": 0.5}
+_HEADER = re.compile(r"^(ENTRY )?(%[\w.\-]+) .*\{\s*$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?(%[\w.\-]+) = (.*?) ([a-z][a-z0-9\-]*)\((.*)$")
+_ARRAY = re.compile(r"\b([a-z]+[0-9]*(?:e[0-9]m[0-9][a-z]*)?)\[([0-9,]*)\]")
+_CALLEES = re.compile(r"\b(calls|body|condition|to_apply|true_computation|false_computation)"
+                      r"=(%[\w.\-]+)")
+_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Collective:
+  """One transfer, as one device of the program runs it."""
+
+  kind: str  # one of KINDS
+  full_bytes: int  # S: the whole array the group gathers, reduces or exchanges
+  group: tuple[int, ...]  # device ids (assignment indices) of this device's group...
+  # ...taken from the first group: SPMD groups are the same shape everywhere.
+  runs: int  # times it runs per step (product of the loop trip counts around it)
+  in_loop: bool  # inside a while body (a scanned layer group)
+  computation: str  # the executing (non-fused) computation
+
+  @property
+  def traffic_bytes(self) -> float:
+    """Bytes one chip sends per run (= receives) in a bandwidth-optimal schedule."""
+    n = len(self.group)
+    if self.kind == "collective-permute":
+      return float(self.full_bytes)
+    if n <= 1:
+      return 0.0
+    factor = 2 if self.kind == "all-reduce" else 1
+    return factor * self.full_bytes * (n - 1) / n
+
+
+def array_bytes(type_text: str) -> list[int]:
+  """Bytes of every array in an HLO type (`f32[2,3]{1,0}` or a tuple of them)."""
+  sizes = []
+  for dtype, dims in _ARRAY.findall(type_text):
+    if dtype not in _ITEM_BYTES and not dtype.startswith("f8"):
+      continue  # not a dtype (e.g. a layout's tile); none are printed like one
+    item = _ITEM_BYTES.get(dtype, 1)
+    sizes.append(int(math.prod(int(d) for d in dims.split(",") if d) * item))
+  return sizes
+
+
+def split_computations(hlo_text: str) -> tuple[dict[str, list[str]], str]:
+  """({computation name: instruction lines}, entry name)."""
+  computations, entry, current = {}, None, None
+  for line in hlo_text.splitlines():
+    header = _HEADER.match(line)
+    if header:
+      current = header.group(2)
+      computations[current] = []
+      if header.group(1):
+        entry = current
+    elif current is not None and line.strip() == "}":
+      current = None
+    elif current is not None:
+      computations[current].append(line)
+  if entry is None:
+    raise ValueError("no ENTRY computation in the HLO text; pass compiled.as_text()")
+  return computations, entry
+
+
+def trip_count(condition_lines: list[str], while_line: str) -> int:
+  """Iterations of a while loop: XLA's known_trip_count, else the bound of
+  the `counter < N` compare in its condition (lax.scan's loops count 0..N-1)."""
+  known = re.search(r'"known_trip_count":\{"n":"(\d+)"', while_line)
+  if known:
+    return int(known.group(1))
+  constants = [int(m.group(1)) for line in condition_lines
+               for m in [re.search(r"= [su](?:32|64)\[\]\S* constant\((\d+)\)", line)] if m]
+  if len(constants) != 1 or not any("direction=LT" in line for line in condition_lines):
+    raise ValueError("cannot read the trip count of a while loop: its condition is not "
+                     f"`counter < constant` (constants {constants}): {while_line[:200]}")
+  return constants[0]
+
+
+def _iota(dims: list[int], perm: list[int] | None) -> np.ndarray:
+  ids = np.arange(math.prod(dims)).reshape(dims)
+  return (ids.transpose(perm) if perm else ids).reshape(-1)
+
+
+def _ints(text: str) -> list[int]:
+  return [int(x) for x in text.split(",") if x.strip()]
+
+
+def first_group(line: str, num_devices: int) -> tuple[int, ...]:
+  """The device ids of the first replica group of a collective's line."""
+  pairs = re.search(r"source_target_pairs=\{\{(\d+),(\d+)\}", line)
+  if pairs:
+    return (int(pairs.group(1)), int(pairs.group(2)))
+  mesh = re.search(r"replica_groups=mesh\[([^\]]*)\]"
+                   r"(?:, device_ids=\((\[[\d,]+\](?:T\([\d,]+\))?|[\d,]*)\))? \{([^}]*)\}", line)
+  if mesh:
+    axes = re.findall(r"'(\w+)'=(\d+)", mesh.group(1))
+    names, sizes = [a for a, _ in axes], [int(s) for _, s in axes]
+    ids = np.arange(math.prod(sizes))
+    if mesh.group(2):
+      iota = re.fullmatch(r"\[([\d,]+)\](?:T\(([\d,]+)\))?", mesh.group(2).strip())
+      ids = (_iota(_ints(iota.group(1)), iota.group(2) and _ints(iota.group(2))) if iota
+             else np.array(_ints(mesh.group(2))))
+    grouped = [names.index(a) for a in re.findall(r"'(\w+)'", mesh.group(3))]
+    rest = [i for i in range(len(names)) if i not in grouped]
+    ids = ids.reshape(sizes).transpose(rest + grouped)
+    return tuple(int(i) for i in ids.reshape(-1, math.prod(sizes[i] for i in grouped))[0])
+  iota = re.search(r"replica_groups=\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", line)
+  if iota:
+    shape = _ints(iota.group(1))
+    ids = _iota(_ints(iota.group(2)), iota.group(3) and _ints(iota.group(3)))
+    return tuple(int(i) for i in ids.reshape(shape[0], -1)[0])
+  explicit = re.search(r"replica_groups=\{\{([\d,]*)\}", line)
+  if explicit:
+    return tuple(_ints(explicit.group(1)))
+  if re.search(r"replica_groups=\{\}", line) or "replica_groups" not in line:
+    return tuple(range(num_devices))
+  raise ValueError(f"unrecognised replica groups in: {line[:300]}")
+
+
+def _collective_bytes(kind: str, opcode: str, type_text: str, group_size: int) -> int:
+  sizes = array_bytes(type_text)
+  if opcode.endswith("-start"):
+    # Async starts return (operand(s), output(s), scratch): the largest is the
+    # gathered output (all-gather) or the buffer being moved.
+    sizes = [max(sizes)]
+  total = sum(sizes)
+  return total * group_size if kind == "reduce-scatter" else total
+
+
+def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
+  """Every collective transfer of the module, once per executing computation."""
+  computations, entry = split_computations(hlo_text)
+  # Walk the call graph from ENTRY: executing context and run count of each.
+  context = {entry: (entry, 1, False)}
+  stack = [entry]
+  while stack:
+    name = stack.pop()
+    executing, runs, in_loop = context[name]
+    for line in computations[name]:
+      instruction = _INSTRUCTION.match(line)
+      if not instruction:
+        continue
+      opcode = instruction.group(3)
+      callees = _CALLEES.findall(line)
+      branches = _BRANCHES.search(line)
+      if branches:
+        callees += [("branch", c.strip()) for c in branches.group(1).split(",")]
+      for role, callee in callees:
+        if callee not in computations or callee in context:
+          continue
+        if opcode == "while" and role == "body":
+          condition = re.search(r"condition=(%[\w.\-]+)", line).group(1)
+          trips = trip_count(computations[condition], line)
+          context[callee] = (callee, runs * trips, True)
+        elif opcode == "while" or role == "to_apply" and opcode != "call":
+          context[callee] = (callee, runs, in_loop)  # conditions, reducers
+        elif opcode in ("call", "conditional"):
+          context[callee] = (callee, runs, in_loop)
+        else:  # fusions and async wrappers run where they are called
+          context[callee] = (executing, runs, in_loop)
+        stack.append(callee)
+  found: dict[tuple[str, str], Collective] = {}
+  for name, (executing, runs, in_loop) in context.items():
+    for line in computations[name]:
+      instruction = _INSTRUCTION.match(line)
+      if not instruction:
+        continue
+      opcode = instruction.group(3)
+      kind = opcode.removesuffix("-start")
+      if kind not in KINDS or opcode.endswith("-done"):
+        continue
+      group = first_group(line, num_devices)
+      size = _collective_bytes(kind, opcode, instruction.group(2), len(group))
+      channel = re.search(r"channel_id=(\d+)", line)
+      key = (executing, channel.group(1) if channel else instruction.group(1))
+      if key not in found or found[key].full_bytes < size:
+        found[key] = Collective(kind, size, group, runs, in_loop, executing)
+  return list(found.values())
+
+
+def while_loops(hlo_text: str) -> list[tuple[str, int]]:
+  """(body name, trip count) of every while loop in the module."""
+  computations, _ = split_computations(hlo_text)
+  loops = []
+  for lines in computations.values():
+    for line in lines:
+      instruction = _INSTRUCTION.match(line)
+      if instruction and instruction.group(3) == "while":
+        body = re.search(r"body=(%[\w.\-]+)", line).group(1)
+        condition = re.search(r"condition=(%[\w.\-]+)", line).group(1)
+        loops.append((body, trip_count(computations[condition], line)))
+  return loops
+
+
+def summarize(found: list[Collective]) -> dict[str, float]:
+  """Bytes per chip per step by kind (traffic), for reports."""
+  totals = collections.Counter()
+  for c in found:
+    totals[c.kind] += c.traffic_bytes * c.runs
+  return dict(totals)

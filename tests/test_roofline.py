@@ -1,0 +1,240 @@
+"""The roofline estimate (launch/roofline.py, launch/hlo.py): the fit and its
+extrapolation against a directly compiled model, the roofline's arithmetic,
+the HLO reading of collectives and loops, and bad input. No timing asserted."""
+
+import dataclasses
+
+import pytest
+
+from launch import hlo, roofline, topologies
+from trainer import config as config_lib
+
+
+def _tiny(remat="none", **mesh):
+  cd = config_lib.defaults()
+  cd.model.update(dict(vocab_size=128, width=64, lru_width=64, head_dim=32, gate_blocks=2,
+                       attention_window=8, depth=6, scan_impl="auto", remat=remat))
+  cd.data.seq_len = 16
+  cd.data.global_batch_size = 2
+  for name, value in mesh.items():
+    cd.mesh[name] = value
+  return config_lib.build(cd)
+
+
+def test_fit_recovers_the_coefficients_and_extrapolates():
+  E, o, B = 5.0, 2.0, 30.0
+  measured = {(k, n): {f: E + k * n * o + k * B for f in roofline.COUNTED}
+              for k, n in roofline.VARIANTS}
+  fitted = roofline.fit(measured)
+  for figure in roofline.COUNTED:
+    assert fitted[figure] == pytest.approx((E, o, B))
+  assert roofline.extrapolate(fitted["flops"], 10) == pytest.approx((E + 10 * o, 10 * B))
+  with pytest.raises(ValueError, match="do not determine"):
+    roofline.fit({(1, 2): measured[1, 2], (1, 3): measured[1, 3], (1, 4): measured[1, 2]})
+
+
+def test_per_step_figures_follow_the_line_through_the_one_period_variants():
+  measured = {(1, 2): {"x": 7.0}, (1, 3): {"x": 10.0}, (2, 2): {"x": 99.0}}
+  assert roofline.per_step_line(measured, "x", 10) == pytest.approx(31.0)
+
+
+def test_roofline_takes_the_larger_of_compute_and_memory_in_each_part():
+  tpu = topologies.get("v5e-8")
+  bw = roofline.bandwidths(tpu)
+  peak = tpu.peak_bf16_flops
+  # Outside the loops: memory-bound (1 s of bytes, 0.1 s of FLOPs), 0.5 s of
+  # collectives; inside: compute-bound (2 s of FLOPs, 1 s of bytes), 3 s of
+  # collectives.
+  parts = {"flops": (0.1 * peak, 2 * peak), "bytes": (bw.hbm, bw.hbm),
+           "comm_seconds": (0.5, 3.0), "xla_seconds": (0.0, 0.0)}
+  times = roofline.roofline(parts, tpu)
+  assert times["compute_s"] == pytest.approx(2.1)
+  assert times["memory_s"] == pytest.approx(2.0)
+  assert times["comm_s"] == pytest.approx(3.5)
+  assert times["overlapped_s"] == pytest.approx(1.0 + 3.0)  # max per part
+  assert times["serial_s"] == pytest.approx((1.0 + 0.5) + (2.0 + 3.0))
+  # In aggregate the maximum would hide the memory-bound part: the per-part
+  # sum is never below it.
+  assert times["overlapped_s"] >= max(times["compute_s"], times["memory_s"], times["comm_s"])
+
+
+def test_collective_traffic_per_chip():
+  S = 1000
+  traffic = {kind: hlo.Collective(kind, S, (0, 1, 2, 3), 1, False, "%c").traffic_bytes
+             for kind in hlo.KINDS}
+  assert traffic == {"all-gather": 750, "reduce-scatter": 750, "all-reduce": 1500,
+                     "all-to-all": 750, "collective-permute": 1000}
+  assert hlo.Collective("all-reduce", S, (3,), 1, False, "%c").traffic_bytes == 0
+
+
+@pytest.mark.parametrize("groups, expected", [
+    ("replica_groups={{0,1,2,3},{4,5,6,7}}", (0, 1, 2, 3)),
+    ("replica_groups=[2,4]<=[8]", (0, 1, 2, 3)),
+    ("replica_groups=[4,2]<=[2,4]T(1,0)", (0, 4)),
+    ("replica_groups=mesh['axis_0'=2,'axis_1'=4] {'axis_0'}", (0, 4)),
+    # device_ids lists the mesh's devices: iota(8) as [2,4], transposed.
+    ("replica_groups=mesh['axis_0'=4,'axis_1'=2], device_ids=([2,4]T(1,0)) {'axis_0'}",
+     (0, 1, 2, 3)),
+    ("replica_groups=mesh['axis_0'=8,'axis_1'=1] {'axis_0','axis_1'}", tuple(range(8))),
+    ("replica_groups={}", tuple(range(8))),
+    ("source_target_pairs={{0,1},{1,2}}", (0, 1)),
+])
+def test_replica_group_spellings(groups, expected):
+  line = f"  %ag = f32[8]{{0}} all-gather(%p), channel_id=1, {groups}, dimensions={{0}}"
+  assert hlo.first_group(line, 8) == expected
+
+
+MODULE = """\
+HloModule m
+
+%cond (p: (s32[], f32[8])) -> pred[] {
+  %p = (s32[], f32[8]{0}) parameter(0)
+  %c = s32[] constant(5)
+  %i = s32[] get-tuple-element(%p), index=0
+  ROOT %lt = pred[] compare(%i, %c), direction=LT
+}
+
+%fused (x: f32[2]) -> f32[8] {
+  %x = f32[2]{0} parameter(0)
+  ROOT %ag = f32[8]{0} all-gather(%x), channel_id=7, replica_groups=[2,4]<=[8], dimensions={0}
+}
+
+%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %p = (s32[], f32[8]{0}) parameter(0)
+  %x = f32[2]{0} slice(%p)
+  %start = f32[8]{0} fusion(%x), kind=kCustom, calls=%fused
+  %again = f32[8]{0} fusion(%x), kind=kOutput, calls=%fused.1
+  ROOT %t = (s32[], f32[8]{0}) tuple(%p)
+}
+
+%fused.1 (x: f32[2]) -> f32[8] {
+  %x = f32[2]{0} parameter(0)
+  ROOT %ag2 = f32[8]{0} all-gather(%x), channel_id=7, replica_groups=[2,4]<=[8], dimensions={0}
+}
+
+ENTRY %main (a: f32[8]) -> f32[8] {
+  %a = f32[8]{0} parameter(0)
+  %ar = f32[8]{0} all-reduce(%a), channel_id=1, replica_groups={{0,1},{2,3},{4,5},{6,7}}, to_apply=%add
+  %w = (s32[], f32[8]{0}) while(%t0), condition=%cond, body=%body
+  ROOT %r = f32[8]{0} get-tuple-element(%w), index=1
+}
+"""
+
+
+def test_collectives_are_counted_once_per_run_of_their_loop():
+  found = sorted(hlo.collectives(MODULE, 8), key=lambda c: c.kind)
+  # The all-gather appears in two fusions under one channel: one transfer,
+  # run 5 times by the loop.
+  assert [(c.kind, c.full_bytes, c.group, c.runs, c.in_loop) for c in found] == [
+      ("all-gather", 32, (0, 1, 2, 3), 5, True),
+      ("all-reduce", 32, (0, 1), 1, False)]
+  assert hlo.while_loops(MODULE) == [("%body", 5)]
+  assert hlo.summarize(found) == {"all-gather": 5 * 24, "all-reduce": 32}
+
+
+def test_a_loop_that_is_not_counter_below_constant_is_an_error():
+  odd = MODULE.replace("direction=LT", "direction=NE")
+  with pytest.raises(ValueError, match="trip count"):
+    hlo.while_loops(odd)
+
+
+def test_only_the_two_layer_scans_may_loop():
+  tpu = topologies.get("v5e-8")
+  with pytest.raises(ValueError, match="scan_impl=auto"):
+    roofline.measure(MODULE, {"flops": 1.0, "bytes accessed": 1.0}, [], tpu, groups=5)
+
+
+def test_bandwidth_of_a_group_counts_the_torus_axes_it_spans():
+  devices = list(topologies.get("v5e-8").get_topology_desc().devices)  # 2 x 4 chips
+  link = roofline.BANDWIDTHS["v5e"].ici_link
+  by_coords = {tuple(d.coords[:2]): i for i, d in enumerate(devices)}
+  line = [by_coords[0, y] for y in range(4)]  # one axis
+  plane = list(range(8))  # both axes
+  one = roofline.group_seconds(hlo.Collective("all-gather", 800, tuple(line), 1, True, "%c"),
+                               devices, roofline.BANDWIDTHS["v5e"])
+  two = roofline.group_seconds(hlo.Collective("all-gather", 800, tuple(plane), 1, True, "%c"),
+                               devices, roofline.BANDWIDTHS["v5e"])
+  assert one == pytest.approx(800 * 3 / 4 / (2 * link))
+  assert two == pytest.approx(800 * 7 / 8 / (4 * link))
+  # Two slices: a group with a chip of each goes over the data-centre network.
+  slices = list(topologies.get("v5e-4").get_topology_desc(2).devices)
+  crossing = hlo.Collective("all-reduce", 800, (0, 4), 1, False, "%c")
+  assert roofline.group_seconds(crossing, slices, roofline.BANDWIDTHS["v5e"]) == pytest.approx(
+      800 / roofline.BANDWIDTHS["v5e"].dcn)
+
+
+def test_bad_input_fails_before_compiling():
+  with pytest.raises(ValueError, match="unknown TPU accelerator type 'v5p-100'"):
+    roofline.estimate(_tiny(), "v5p-100")
+  with pytest.raises(ValueError, match="no bandwidths for TPU generation 'v9'"):
+    roofline.bandwidths(dataclasses.replace(topologies.get("v5e-8"), topology_name="v9:2x4"))
+
+
+def _scanned_step(tpu, copies, groups, unrolled=False):
+  """A train step shaped like the model's: `groups` scanned groups of
+  `copies` tanh(x W) layers, gradients (two loops: forward and backward), an
+  update. Compiles in about a second for one v5e chip."""
+  import jax
+  import jax.numpy as jnp
+  device = tpu.get_topology_desc().devices[0]
+  D, B = 128, 256
+
+  def loss(ws_NKDD, x_BD):
+    def group(x_BD, w_KDD):
+      for i in range(copies):
+        x_BD = jnp.tanh(x_BD @ w_KDD[i])
+      return x_BD, None
+    if unrolled:
+      for n in range(groups):
+        x_BD, _ = group(x_BD, ws_NKDD[n])
+    else:
+      x_BD, _ = jax.lax.scan(group, x_BD, ws_NKDD)
+    return jnp.sum(x_BD**2)
+
+  def step(ws_NKDD, x_BD):
+    grads = jax.grad(loss, argnums=(0, 1))(ws_NKDD, x_BD)
+    return ws_NKDD - 0.1 * grads[0], x_BD - 0.1 * grads[1]
+
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  args = (jax.ShapeDtypeStruct((groups, copies, D, D), jnp.float32, sharding=sharding),
+          jax.ShapeDtypeStruct((B, D), jnp.float32, sharding=sharding))
+  return jax.jit(step).lower(*args).compile(), [device]
+
+
+def test_extrapolation_reproduces_a_directly_compiled_program():
+  """The fit from three shallow scanned compiles, counted as cost_analysis
+  counts them (loop bodies once), predicts the FLOPs of the same 4 layers
+  compiled unrolled, where cost_analysis sees every layer."""
+  tpu = topologies.get("v5e-1")
+  measured = {}
+  for k, n in roofline.VARIANTS:
+    compiled, devices = _scanned_step(tpu, k, n)
+    measured[k, n] = roofline.measure(compiled.as_text(), compiled.cost_analysis(),
+                                      devices, tpu, groups=n)
+  outside, inside = roofline.extrapolate(roofline.fit(measured)["flops"], 4)
+  unrolled, _ = _scanned_step(tpu, 1, 4, unrolled=True)
+  assert outside + inside == pytest.approx(unrolled.cost_analysis()["flops"], rel=0.01)
+  # cost_analysis really counts a loop body once: 3 groups cost what 2 do,
+  # up to the update of the extra group's weights.
+  assert measured[1, 3]["flops"] == pytest.approx(measured[1, 2]["flops"], rel=0.01)
+
+
+def test_estimate_turns_figures_into_step_time_and_mfu():
+  config = dataclasses.replace(_tiny(), model=dataclasses.replace(_tiny().model, depth=12))
+  tpu = topologies.get("v5e-1")
+  peak, hbm = tpu.peak_bf16_flops, roofline.BANDWIDTHS["v5e"].hbm
+  E, o, B = 1.0, 0.5, 2.0  # seconds of compute; bytes worth half as long
+
+  def fake_measure(config, accelerator_type, num_slices, copies, groups):
+    counted = E + copies * groups * o + copies * B
+    return dict(flops=counted * peak, bytes=counted * hbm / 2, xla_seconds=counted,
+                ici_bytes_outside=0.0, comm_seconds_outside=0.0, ici_bytes_loop=0.0,
+                comm_seconds_loop=0.0)
+
+  row = roofline.estimate(config, "v5e-1", measure_fn=fake_measure)
+  step = E + 4 * (o + B)  # 4 pattern periods, compute-bound, nothing to send
+  assert row["periods"] == 4
+  assert row["overlapped_s"] == pytest.approx(step) and row["serial_s"] == pytest.approx(step)
+  assert row["memory_s"] == pytest.approx(step / 2) and row["xla_s"] == pytest.approx(step)
+  assert row["hardware_flops"] == pytest.approx(step * peak)
+  assert row["mfu"] == pytest.approx(row["model_flops"] / (peak * step))
