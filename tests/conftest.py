@@ -14,47 +14,157 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 
 import socket  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
 import pytest  # noqa: E402
 
+# The emulator's process. Two changes to the stock server:
+# - a listen backlog of 1024: its default of 5 drops the bursts of connections
+#   tensorstore opens for parallel writes, and every dropped connection costs
+#   a 1 s retransmit (checkpoint saves were ~10x slower);
+# - its index of objects is written to disk when it stops, not after every
+#   write (a JSON dump of every object per write: quadratic in the objects).
+# And fault injection: while the file GCS_FAULT_FILE holds "<HTTP status>
+# [<text>]", every write (POST, PUT, PATCH, DELETE) whose URL, unquoted,
+# contains <text> (any write without one) is answered with that status.
+_EMULATOR = r"""
+import http, json, os, sys
+from http import server as http_server
+from urllib.parse import unquote
+from gcp_storage_emulator import server, storage
+
+http_server.HTTPServer.request_queue_size = 1024
+save_index = storage.Storage._write_config_to_file
+storage.Storage._write_config_to_file = lambda self: None
+fault_file = os.environ["GCS_FAULT_FILE"]
+
+
+def with_faults(method, handle):
+  def handler(self):
+    status = match = ""
+    if method != "GET" and os.path.exists(fault_file):
+      with open(fault_file) as f:
+        status, _, match = f.read().strip().partition(" ")
+    if not status or match not in unquote(self.path):
+      return handle(self)
+    self.rfile.read(int(self.headers.get("Content-Length") or 0))  # else a reset, not a status
+    code = int(status)
+    body = json.dumps({"error": {"code": code, "message": "injected fault: "
+                                 + http.HTTPStatus(code).phrase}}).encode()
+    self.send_response(code)
+    self.send_header("Content-Type", "application/json")
+    self.send_header("Content-Length", str(len(body)))
+    self.end_headers()
+    self.wfile.write(body)
+  return handler
+
+
+for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+  name = "do_" + method
+  setattr(server.RequestHandler, name, with_faults(method, getattr(server.RequestHandler, name)))
+port, data_dir = int(sys.argv[1]), sys.argv[2]
+emulator = server.create_server("127.0.0.1", port, in_memory=False, data_dir=data_dir)
+emulator.run()  # until SIGINT
+save_index(emulator._storage)
+"""
+
+
+class GcsEmulator:
+  """A local GCS emulator (gcp-storage-emulator) on a loopback port, with
+  objects kept on disk in `data_dir` across `stop()` and `start()` (a storage
+  outage), and `fail(status)` to answer every write with an HTTP error (403:
+  permission denied, 507: insufficient storage) until `fail(None)`.
+
+  `env` holds the variables that point gcsfs, etils and tensorstore at it
+  (for this process: `os.environ.update(emulator.env)`, or a subprocess's).
+  """
+
+  def __init__(self, data_dir: str):
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      self.port = s.getsockname()[1]
+    self.data_dir = data_dir
+    self.fault_file = os.path.join(data_dir, "fault")
+    self.url = f"http://127.0.0.1:{self.port}"
+    self.env = {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url,
+                "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    self.process = None
+
+  def start(self) -> "GcsEmulator":
+    self.process = subprocess.Popen(
+        [sys.executable, "-c", _EMULATOR, str(self.port), self.data_dir],
+        env=dict(os.environ, GCS_FAULT_FILE=self.fault_file),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+      try:
+        socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
+        return self
+      except OSError:
+        if time.monotonic() > deadline or self.process.poll() is not None:
+          raise RuntimeError(f"the GCS emulator did not start on port {self.port}")
+        time.sleep(0.05)
+
+  def stop(self):
+    """Stops serving (connections are refused); the objects stay on disk."""
+    if self.process is not None and self.process.poll() is None:
+      self.process.send_signal(signal.SIGINT)
+      try:
+        self.process.wait(timeout=30)
+      except subprocess.TimeoutExpired:
+        self.process.kill()
+        self.process.wait()
+    self.process = None
+
+  def fail(self, status: int | None, match: str = ""):
+    """Answers every write whose URL contains `match` (every write, without
+    one) with HTTP `status` from now on; None heals."""
+    if status is None:
+      if os.path.exists(self.fault_file):
+        os.remove(self.fault_file)
+    else:
+      with open(self.fault_file, "w") as f:
+        f.write(f"{status} {match}".strip())
+
+  def make_bucket(self, name: str) -> str:
+    import gcsfs
+    gcsfs.GCSFileSystem(token="anon").mkdir(name)
+    return f"gs://{name}"
+
 
 @pytest.fixture(scope="session")
-def gcs_bucket():
-  """A fresh bucket on a local GCS emulator (loopback); yields "gs://<bucket>".
-
-  Sets the variables that point gcsfs, etils and tensorstore at the emulator;
-  the same gs:// code path as production, no network.
-  """
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  emulator = subprocess.Popen(
-      [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
-       f"--port={port}", "--in-memory"],
-      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  url = f"http://127.0.0.1:{port}"
+def gcs_emulator(tmp_path_factory):
+  """One GCS emulator for the session, its variables set in this process;
+  the same gs:// code path as production, no network. Tests that inject
+  faults or stop it must heal and restart it (see `healthy_gcs`)."""
   saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL",
                                            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")}
-  os.environ.update(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
-                    GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
+  emulator = GcsEmulator(str(tmp_path_factory.mktemp("gcs"))).start()
+  os.environ.update(emulator.env)
   try:
-    for _ in range(100):
-      try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-        break
-      except OSError:
-        time.sleep(0.1)
-    import gcsfs
-    gcsfs.GCSFileSystem(token="anon").mkdir("test-bucket")
-    yield "gs://test-bucket"
+    yield emulator
   finally:
-    emulator.terminate()
-    emulator.wait()
+    emulator.stop()
     for key, value in saved.items():
       if value is None:
         os.environ.pop(key, None)
       else:
         os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket(gcs_emulator):
+  """A fresh bucket on the session's GCS emulator; yields "gs://<bucket>"."""
+  return gcs_emulator.make_bucket("test-bucket")
+
+
+@pytest.fixture
+def healthy_gcs(gcs_emulator):
+  """The session's emulator, serving and without faults after the test."""
+  yield gcs_emulator
+  gcs_emulator.fail(None)
+  if gcs_emulator.process is None:
+    gcs_emulator.start()

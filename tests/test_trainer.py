@@ -20,9 +20,10 @@ OVERRIDES = {"data.dataset": "stdlib_bytes", "model.vocab_size": 256, "data.seq_
              "checkpoint.save_every_steps": 3}
 
 
-def make_config(**overrides):
+def make_config(base=None, **overrides):
+  """`base` (this file's OVERRIDES if None) and `overrides` over the defaults."""
   cd = config_lib.defaults()
-  for key, value in {**OVERRIDES, **overrides}.items():
+  for key, value in {**(OVERRIDES if base is None else base), **overrides}.items():
     section, field = key.split(".")
     cd[section][field] = value
   return config_lib.build(cd)

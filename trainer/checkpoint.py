@@ -1,21 +1,56 @@
 """Async Orbax checkpoints: one step holds the train state, every host's data
-iterator state and the run config. Local paths and gs:// alike.
+iterator state, the run config and the run's counters. Local paths and gs://
+alike.
 
 A step counts only once Orbax has committed it (atomic rename locally, a
-commit marker on GCS); `latest_step()` never returns a half-written one.
+commit marker on GCS); `latest_step()` never returns a half-written one. A
+save that fails raises `CheckpointSaveError` naming the step, the path and the
+cause; the steps committed before it stay as they were.
 """
 
+import contextlib
+import time
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
 from trainer.config import CheckpointConfig
 from trainer.state import ShardedSetup
 
-STATE, DATA, CONFIG = "state", "data", "config"
+STATE, DATA, CONFIG, COUNTERS = "state", "data", "config", "counters"
+
+
+class CheckpointSaveError(RuntimeError):
+  """A step could not be written (storage full, denied or unreachable)."""
+
+
+def committed_steps(directory) -> list[int]:
+  """The steps a restart would see: committed ones only (a half-written step
+  is a temporary directory locally, or lacks its commit marker on GCS)."""
+  manager = ocp.CheckpointManager(
+      epath.Path(directory), options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    return sorted(manager.all_steps())
+  finally:
+    manager.close()
+
+
+def check_step_dir(path: str, flag: str = ""):
+  """ValueError unless `path` is a checkpoint step directory (it holds
+  `state/`); `flag` is the command-line flag that gave it, if one did."""
+  step_dir = epath.Path(path)
+  if (step_dir / STATE).exists():
+    return
+  found = ""
+  if step_dir.parent.exists():
+    steps = sorted(int(p.name) for p in step_dir.parent.iterdir() if p.name.isdigit())
+    found = f"; the step directories in {step_dir.parent}: {steps}"
+  raise ValueError(f"{f'{flag}=' if flag else ''}{path} is not a checkpoint step directory "
+                   f"(no {STATE}/ in it); give <workdir>/checkpoints/<step>{found}")
 
 
 def restore_target(setup: ShardedSetup):
@@ -58,31 +93,114 @@ class Checkpointer:
         # Handlers up front, so a fresh manager can read metadata before any save.
         item_handlers={STATE: ocp.StandardCheckpointHandler(use_ocdbt=config.use_ocdbt),
                        DATA: grain.checkpoint.CheckpointHandler(),
-                       CONFIG: ocp.JsonCheckpointHandler()})
+                       CONFIG: ocp.JsonCheckpointHandler(),
+                       COUNTERS: ocp.JsonCheckpointHandler()})
+    self._in_flight = None  # the step of a save not yet known to be committed
+    self._abandoned = False
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state, data_iterator, config_json: dict[str, Any]) -> bool:
-    """Starts an (async) save; returns at once. Nothing counts until committed."""
+  def save(self, step: int, state, data_iterator, config_json: dict[str, Any],
+           counters: dict[str, int] | None = None) -> bool:
+    """Starts an (async) save; returns at once. Nothing counts until committed.
+
+    Waits for the previous save first, so that its failure is reported as
+    that step's. `counters` (e.g. skipped steps) are restored with the step.
+    """
+    self.wait()
     items = {STATE: ocp.args.StandardSave(state), CONFIG: ocp.args.JsonSave(config_json)}
     if data_iterator is not None:
       items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    if counters is not None:
+      items[COUNTERS] = ocp.args.JsonSave(counters)
+    with self._naming_failures(step):
+      saved = self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self._in_flight = step
+    return saved
+
+  @property
+  def in_flight(self) -> int | None:
+    """The step of the last save, until it is known to be committed."""
+    return self._in_flight
+
+  def wait(self, deadline: float | None = None) -> bool:
+    """Blocks until the last save is committed and returns True; with a
+    `deadline` (a `time.monotonic()` value), returns False if it passes first.
+    Raises CheckpointSaveError if the save failed."""
+    if self._in_flight is None:
+      return True
+    if deadline is not None:
+      while self.manager.is_saving_in_progress():
+        if time.monotonic() >= deadline:
+          return False
+        time.sleep(0.02)
+    with self._naming_failures(self._in_flight):
+      self.manager.wait_until_finished()
+    self._in_flight = None
+    return True
+
+  @contextlib.contextmanager
+  def _naming_failures(self, step: int):
+    """Turns a storage error of `step` into one that says what it means."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - every storage error means the same here
+      self._in_flight = None
+      try:
+        kept = committed_steps(self.directory)
+        kept = (f"the last committed step is {kept[-1]} ({self.directory / str(kept[-1])}), "
+                "intact" if kept else "no step was committed before it")
+      except Exception as listing:  # noqa: BLE001 - storage may be unreachable
+        kept = f"the committed steps could not be listed either ({listing})"
+      cause = " ".join(f"{type(e).__name__}: {e}".split())[:1000]
+      raise CheckpointSaveError(
+          f"checkpoint step {step} was not saved to {self.directory / str(step)}: {cause}. "
+          f"It does not count; {kept}. Free space, fix the permissions or the "
+          "bucket, then run the same command again: it resumes from the last "
+          "committed step.") from e
 
   def restore(self, step: int, setup: ShardedSetup, data_iterator=None):
     """The full state of `step`, resharded for `setup`; the data iterator, if
-    given, is moved to the saved position. Returns (state, config_json)."""
+    given, is moved to the saved position. Returns (state, config_json,
+    counters); counters are {} for a checkpoint saved without them."""
+    where = self.directory / str(step)
     target = restore_target(setup)
-    saved = self.manager.item_metadata(step)[STATE]
+    for item in (STATE, CONFIG) + ((DATA,) if data_iterator is not None else ()):
+      if not (where / item).exists():
+        self._raise_damaged(step, f"{where / item} is missing")
+    with self._naming_damage(step):
+      saved = self.manager.item_metadata(step)[STATE]
     check_shapes(saved.tree if hasattr(saved, "tree") else saved, target,
-                 f"checkpoint {self.directory / str(step)}")
+                 f"checkpoint {where}")
     items = {STATE: ocp.args.StandardRestore(target), CONFIG: ocp.args.JsonRestore()}
+    if (where / COUNTERS).exists():
+      items[COUNTERS] = ocp.args.JsonRestore()
+    with self._naming_damage(step):
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     if data_iterator is not None:
+      # Apart from the arrays: the data pipeline's own errors (another
+      # sequence length, another process count) are already clear.
       self._check_process_count(step)
-      items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return restored[STATE], restored[CONFIG]
+      self.manager.restore(step, args=ocp.args.Composite(
+          **{DATA: grain.checkpoint.CheckpointRestore(data_iterator)}))
+    return restored[STATE], restored[CONFIG], dict(restored.get(COUNTERS) or {})
+
+  @contextlib.contextmanager
+  def _naming_damage(self, step: int):
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - any read error means a damaged step here
+      self._raise_damaged(step, " ".join(f"{type(e).__name__}: {e}".split())[:1000], e)
+
+  def _raise_damaged(self, step: int, cause: str, error: Exception | None = None):
+    others = [s for s in self.manager.all_steps() if s != step]
+    advice = (f"delete {self.directory / str(step)} to resume from step {max(others)}, "
+              "or " if others else "")
+    raise ValueError(
+        f"checkpoint {self.directory / str(step)} cannot be read: {cause}. It is "
+        f"damaged (a truncated or missing file); {advice}start afresh in another "
+        f"--workdir. Committed steps here: {sorted(self.manager.all_steps())}") from error
 
   def _check_process_count(self, step: int):
     """Grain keeps one iterator state per process (`process_<i>-of-<n>.json`):
@@ -100,18 +218,32 @@ class Checkpointer:
     """Restore args that read only the run config of a step."""
     return ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()})
 
-  def wait(self):
-    """Blocks until the last save is committed."""
-    self.manager.wait_until_finished()
+  def close(self, timeout_s: float | None = None):
+    """Waits for the last save to commit (CheckpointSaveError if it failed);
+    with `timeout_s`, at most that long: then the save is abandoned."""
+    if self._abandoned:
+      return
+    if timeout_s is not None and not self.wait(deadline=time.monotonic() + timeout_s):
+      logging.error("checkpoint step %d did not commit to %s within %s s of the run "
+                    "stopping; abandoned, it does not count", self._in_flight,
+                    self.directory / str(self._in_flight), timeout_s)
+      self._abandoned = True
+      return
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
-  def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+  def abandon(self):
+    """Gives up on a save in flight (preemption ran out of time): `close`
+    returns at once, and the process is expected to exit without waiting."""
+    self._abandoned = True
 
 
-def restore_params(path: str, setup: ShardedSetup):
+def restore_params(path: str, setup: ShardedSetup, flag: str = ""):
   """Parameters only from a checkpoint step directory (e.g. `--init_params_from`);
   the optimizer state is never read."""
+  check_step_dir(path, flag)
   target = {"params": restore_target(setup).params}
   step_dir = epath.Path(path) / STATE
   checkpointer = ocp.PyTreeCheckpointer()
@@ -125,9 +257,10 @@ def restore_params(path: str, setup: ShardedSetup):
   return restored["params"]
 
 
-def restore_state(path: str, setup: ShardedSetup):
+def restore_state(path: str, setup: ShardedSetup, flag: str = ""):
   """The full train state from a checkpoint step directory (`--init_from`);
   the data position is not taken from it."""
+  check_step_dir(path, flag)
   target = restore_target(setup)
   step_dir = epath.Path(path) / STATE
   checkpointer = ocp.StandardCheckpointer()

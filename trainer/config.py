@@ -7,6 +7,7 @@ runs before anything compiles.
 """
 
 import dataclasses
+import enum
 import math
 
 from absl import flags
@@ -64,12 +65,30 @@ class CheckpointConfig:
   # the tests use answers OCDBT's conditional writes with generations that
   # tensorstore rejects ("Malformed StorageGeneration"), so they turn it off.
   use_ocdbt: bool = True
+  # On SIGTERM (preemption) the run saves at the next step boundary and has
+  # this many seconds, counted from the signal, to commit that step: it then
+  # exits 0, or exits 1 saying the step did not commit in time. Set it a
+  # little below the scheduler's notice (GKE: terminationGracePeriodSeconds).
+  # A run stopping on an error also waits at most this long for its last save.
+  preemption_grace_s: float = 30.0
 
   def __post_init__(self):
     _int_at_least(self, "checkpoint", 1, "save_every_steps", "max_to_keep")
     _int_at_least(self, "checkpoint", 0, "keep_period")
     if not isinstance(self.async_save, bool):
       raise ValueError(f"checkpoint.async_save={self.async_save!r} must be a bool.")
+    grace = self.preemption_grace_s
+    if (not isinstance(grace, (int, float)) or isinstance(grace, bool)
+        or not math.isfinite(grace) or grace <= 0):
+      raise ValueError(f"checkpoint.preemption_grace_s={grace!r} must be a number of "
+                       "seconds > 0.")
+
+
+class NonFinite(enum.Enum):
+  """What a step whose loss or gradient norm is NaN or Inf does to the run."""
+
+  HALT = "halt"  # stop; the last committed checkpoint is the last good state
+  SKIP = "skip"  # drop that update (params and optimizer state kept), count it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,10 +100,15 @@ class RunConfig:
   log_every_steps: int = 10
   eval_every_steps: int = 0  # 0 = no evaluation during training
   eval_steps: int = 10  # batches per evaluation
+  on_non_finite: NonFinite = NonFinite.HALT
+  max_skipped_steps: int = 10  # with SKIP: halt when more steps than this were skipped
 
   def __post_init__(self):
     _int_at_least(self, "run", 1, "steps", "log_every_steps", "eval_steps")
-    _int_at_least(self, "run", 0, "seed", "eval_every_steps")
+    _int_at_least(self, "run", 0, "seed", "eval_every_steps", "max_skipped_steps")
+    if not isinstance(self.on_non_finite, NonFinite):
+      raise ValueError(f"run.on_non_finite={self.on_non_finite!r} is not one of "
+                       f"{[e.value for e in NonFinite]}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +168,8 @@ def build(cd: config_dict.ConfigDict) -> Config:
       raise ValueError(f"missing key(s) {missing}; they have no default.")
     if name == "model":
       section = _model_values(section)
+    else:
+      section = _enum_values(name, section_type, section)
     sections[name] = section_type(**section)
   return Config(**sections)
 
@@ -173,6 +199,26 @@ def _model_values(section: dict) -> dict:
   return section
 
 
+def _enum_values(name: str, section_type, section: dict) -> dict:
+  """Strings in the dict form -> the enums of a section's enum-typed fields."""
+  for field in dataclasses.fields(section_type):
+    enum_type = field.type
+    if (isinstance(enum_type, type) and issubclass(enum_type, enum.Enum)
+        and field.name in section and not isinstance(section[field.name], enum_type)):
+      valid = [e.value for e in enum_type]
+      if section[field.name] not in valid:
+        raise ValueError(f"{name}.{field.name}={section[field.name]!r} is not one of "
+                         f"{valid}.")
+      section[field.name] = enum_type(section[field.name])
+  return section
+
+
+def _plain(values: dict) -> dict:
+  """The dict form of a section: enums as their strings (what a config file
+  and `--config.section.field=value` hold)."""
+  return {k: v.value if isinstance(v, enum.Enum) else v for k, v in values.items()}
+
+
 def model_config_dict(model_config: ModelConfig) -> config_dict.ConfigDict:
   """The dict form of a ModelConfig, for putting a preset into a config file."""
   values = {f.name: getattr(model_config, f.name)
@@ -196,7 +242,7 @@ def defaults() -> config_dict.ConfigDict:
       gate_blocks=4, attention_window=32))
   for name, section_type in _SECTIONS.items():
     if name != "model":
-      cd[name] = config_dict.ConfigDict(dataclasses.asdict(section_type()))
+      cd[name] = config_dict.ConfigDict(_plain(dataclasses.asdict(section_type())))
   # The tiny default model reads bytes (vocabulary 256); configs that use the
   # SentencePiece-tokenized corpus set data.dataset and model.vocab_size.
   cd.data.dataset = "stdlib_bytes"
@@ -225,7 +271,7 @@ def _int_at_least(config, section, low, *names):
 
 def to_dict(config: Config) -> dict:
   """The JSON-able dict form of `config` (what `build` reads back)."""
-  values = {name: dataclasses.asdict(getattr(config, name))
+  values = {name: _plain(dataclasses.asdict(getattr(config, name)))
             for name in _SECTIONS if name != "model"}
   values["model"] = model_config_dict(config.model).to_dict()
   return values

@@ -110,3 +110,14 @@ class MetricsWriter:
       if self._remote:
         shutil.rmtree(self.tensorboard.logdir, ignore_errors=True)
       self.tensorboard = None
+
+
+def read_records(workdir) -> dict[int, list[dict]]:
+  """The records of `<workdir>/metrics.jsonl` by step, in the order logged: a
+  step that a restarted run trained again has one record per time (the
+  resume drills compare every one of them with an uninterrupted run's)."""
+  by_step = {}
+  for line in (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    by_step.setdefault(record["step"], []).append(record)
+  return by_step

@@ -3,10 +3,19 @@
     python -m trainer.train --config=configs/X.py --workdir=DIR_OR_GS_PATH \\
         [--config.a.b=v ...] [--init_from=CKPT_STEP_DIR] [--init_params_from=...]
 
+On SIGTERM (preemption) it saves at the next step boundary and exits 0 once
+that step is committed, or 1 if it was not within checkpoint.preemption_grace_s
+of the signal. Any error exits 1 after it is logged, without waiting longer
+than that grace for a save in flight.
+
 Several processes (one per host, or `launch/local.py` on one machine) run the
 same command with --num_processes/--process_id/--coordinator_address; on Cloud
 TPU and GKE, --num_processes=0 lets `jax.distributed` discover them itself.
 """
+
+import os
+import sys
+import traceback
 
 from absl import app, flags, logging
 
@@ -41,13 +50,30 @@ def parse_profile_steps(values: list[str], steps: int) -> tuple[int, int] | None
 def main(argv):
   del argv
   from trainer.run import train  # after flag parsing: importing JAX is slow
+  from trainer.train_loop import PreemptionTimeoutError
   logging.set_verbosity(logging.INFO)
   config = config_lib.build(_CONFIG.value)
   profile = parse_profile_steps(_PROFILE.value, config.run.steps)
-  train(config, _WORKDIR.value, init_from=_INIT_FROM.value,
-        init_params_from=_INIT_PARAMS_FROM.value, profile_steps=profile,
-        coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-        process_id=_PROCESS_ID.value)
+  try:
+    train(config, _WORKDIR.value, init_from=_INIT_FROM.value,
+          init_params_from=_INIT_PARAMS_FROM.value, profile_steps=profile,
+          coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+          process_id=_PROCESS_ID.value)
+  except PreemptionTimeoutError as e:
+    _exit_now(f"training stopped: {type(e).__name__}: {e}")
+  except Exception as e:  # noqa: BLE001 - logged in full, then the same exit
+    _exit_now(f"training stopped: {type(e).__name__}: {e}\n{traceback.format_exc()}")
+
+
+def _exit_now(message: str):
+  """Logs `message` and exits 1 at once. A save abandoned in flight (out of
+  grace, or storage gone) runs on Orbax threads that are not daemons: a
+  normal exit would wait for them as long as the storage clients retry."""
+  logging.error("%s", message)
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(1)
 
 
 if __name__ == "__main__":

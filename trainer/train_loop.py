@@ -1,7 +1,10 @@
 """The training loop: restore or initialise, step, log, checkpoint, stop cleanly."""
 
 import signal
+import sys
 import threading
+import time
+import uuid
 from typing import Callable, Iterator
 
 import jax
@@ -12,9 +15,9 @@ from etils import epath
 from model.flops import train_flops
 from sharding import rules
 from sharding.mesh import make_mesh
-from trainer.checkpoint import Checkpointer, restore_params, restore_state
+from trainer.checkpoint import Checkpointer, check_step_dir, restore_params, restore_state
 from trainer import config as config_lib
-from trainer.config import Config
+from trainer.config import Config, NonFinite
 from trainer.eval_lib import Scorer, summary
 from trainer.metrics import MetricsWriter
 from trainer.optimizer import make_optimizer
@@ -23,19 +26,37 @@ from trainer.train_step import TrainStep, device_batch
 
 
 class NonFiniteLossError(RuntimeError):
-  """Raised when a step's loss or gradient norm is NaN or Inf."""
+  """Raised when a step's loss or gradient norm is NaN or Inf (policy HALT),
+  or when more than `run.max_skipped_steps` were skipped (policy SKIP)."""
+
+
+class PreemptionTimeoutError(RuntimeError):
+  """SIGTERM came, and a save did not commit within
+  `checkpoint.preemption_grace_s` of it; the last committed step stands."""
 
 
 class StopFlag:
-  """Set by SIGTERM (preemption); the loop checks it at step boundaries."""
+  """Set by SIGTERM (preemption); the loop checks it at step boundaries.
+
+  `signal_time` (time.monotonic()) is when SIGTERM came: the grace period
+  for committing the last step counts from it. A flag set otherwise (e.g.
+  a subclass that stops early) has none and waits for its save as usual.
+  """
 
   def __init__(self):
     self.event = threading.Event()
+    self.signal_time = None
 
   def install(self):
     if threading.current_thread() is threading.main_thread():
-      signal.signal(signal.SIGTERM, lambda signum, frame: self.event.set())
+      signal.signal(signal.SIGTERM, self._on_sigterm)
     return self
+
+  def _on_sigterm(self, signum, frame):
+    del signum, frame
+    if self.signal_time is None:
+      self.signal_time = time.monotonic()
+    self.event.set()
 
   def __bool__(self):
     return self.event.is_set()
@@ -58,7 +79,8 @@ def check_workdir(workdir: str) -> epath.Path:
                        "credentials cannot see it; create it (infra/) or fix the path")
   try:
     path.mkdir(parents=True, exist_ok=True)
-    probe = path / ".write_probe"
+    # One probe per process: hosts sharing a workdir must not delete each other's.
+    probe = path / f".write_probe_{uuid.uuid4().hex}"
     probe.write_text("ok")
     probe.unlink()
   except Exception as e:  # noqa: BLE001 - any storage error means the same here
@@ -67,22 +89,50 @@ def check_workdir(workdir: str) -> epath.Path:
 
 
 def initial_state(config, optimizer, setup, checkpointer, data_iterator, init_from,
-                  init_params_from) -> TrainState:
+                  init_params_from) -> tuple[TrainState, dict]:
   """Restore order: this run's latest step -> --init_from (a full state) ->
-  --init_params_from (parameters only) -> fresh initialisation."""
+  --init_params_from (parameters only) -> fresh initialisation.
+
+  Returns (state, counters): the counters (skipped steps) of the step
+  resumed from, {} otherwise."""
   latest = checkpointer.latest_step()
   if latest is not None:
     logging.info("resuming from %s/%d", checkpointer.directory, latest)
-    state, _ = checkpointer.restore(latest, setup, data_iterator)
-    return state
+    state, _, counters = checkpointer.restore(latest, setup, data_iterator)
+    return state, counters
   if init_from:
     logging.info("initialising the full state from %s", init_from)
-    return restore_state(init_from, setup)
+    return restore_state(init_from, setup, "--init_from"), {}
   state = init_state(config.model, optimizer, setup, config.run.seed)
   if init_params_from:
     logging.info("initialising parameters from %s", init_params_from)
-    state = state._replace(params=restore_params(init_params_from, setup))
-  return state
+    state = state._replace(params=restore_params(init_params_from, setup,
+                                                 "--init_params_from"))
+  return state, {}
+
+
+# This process's compiled train steps, by everything that shapes the program:
+# a process that trains the same configuration again (a resumed run in a test
+# or a notebook) does not compile it again. A few, oldest dropped first.
+_COMPILED_STEPS: dict = {}
+_KEEP_COMPILED = 4
+
+
+def compiled_train_step(config: Config, setup, optimizer, mesh, state) -> TrainStep:
+  """The train step of `config` on `mesh`, compiled for `state` (before the
+  first step, see TrainStep.compile_now), or the one compiled before."""
+  key = (config.model, config.optimizer, config.run.steps, config.run.on_non_finite,
+         config.data.global_batch_size, config.data.seq_len, mesh,
+         jax.config.jax_default_matmul_precision, jax.config.jax_enable_x64)
+  if key not in _COMPILED_STEPS:
+    train_step = TrainStep(setup, optimizer, mesh, config.optimizer.z_loss,
+                           config.optimizer.grad_accum_steps,
+                           skip_non_finite=config.run.on_non_finite == NonFinite.SKIP)
+    train_step.compile_now(state, (config.data.global_batch_size, config.data.seq_len))
+    while len(_COMPILED_STEPS) >= _KEEP_COMPILED:
+      del _COMPILED_STEPS[next(iter(_COMPILED_STEPS))]
+    _COMPILED_STEPS[key] = train_step
+  return _COMPILED_STEPS[key]
 
 
 def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "",
@@ -102,10 +152,22 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   `data_iterator` yields this host's batches {"tokens", "segment_pos"} and
   optionally "loss_mask" (1 where the target token counts; the synthetic
   tasks' answers), each (B/hosts, T), and supports Grain checkpointing.
-  Raises NonFiniteLossError on a NaN/Inf loss without checkpointing the bad
-  state.
+
+  A NaN/Inf loss or gradient norm: with `run.on_non_finite=halt` raises
+  NonFiniteLossError without checkpointing the bad state; with `skip` the
+  update is dropped, the record says `skipped` 1, `skipped_steps` counts them
+  (saved with every checkpoint, so a resumed run goes on counting) and more
+  than `run.max_skipped_steps` raise NonFiniteLossError.
+
+  After SIGTERM (`stop` installed) the loop saves at the next step boundary
+  and returns once that step committed; PreemptionTimeoutError if it did not
+  within `checkpoint.preemption_grace_s` of the signal. A save that fails
+  raises CheckpointSaveError (trainer/checkpoint.py).
   """
   check_workdir(workdir)
+  for path, flag in ((init_from, "--init_from"), (init_params_from, "--init_params_from")):
+    if path:
+      check_step_dir(path, flag)
   stop = stop if stop is not None else StopFlag()
   mesh = make_mesh(config.mesh)
   rules.check_batch_divisible(config.data.global_batch_size, mesh,
@@ -113,11 +175,11 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   optimizer = make_optimizer(config.optimizer, config.run.steps)
   setup = plan_state(config.model, optimizer, mesh)
   checkpointer = Checkpointer(workdir, config.checkpoint)
-  state = initial_state(config, optimizer, setup, checkpointer, data_iterator,
-                        init_from, init_params_from)
-  train_step = TrainStep(setup, optimizer, mesh, config.optimizer.z_loss,
-                         config.optimizer.grad_accum_steps)
-  train_step.compile_now(state, (config.data.global_batch_size, config.data.seq_len))
+  state, counters = initial_state(config, optimizer, setup, checkpointer, data_iterator,
+                                  init_from, init_params_from)
+  skip = config.run.on_non_finite == NonFinite.SKIP
+  skipped_steps = counters.get("skipped_steps", 0)
+  train_step = compiled_train_step(config, setup, optimizer, mesh, state)
   barrier("griffin: train step compiled")
   row = rules.batch_sharding(mesh)
   tokens = config.data.global_batch_size * config.data.seq_len
@@ -128,11 +190,25 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   scorer = Scorer(setup.graphdef, mesh) if eval_data and config.run.eval_every_steps else None
 
   def settle(pending):
+    nonlocal skipped_steps
     step, metrics = pending
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not all(np.isfinite(v) for v in metrics.values()):
-      raise NonFiniteLossError(f"step {step}: non-finite metrics {metrics}; the last "
-                               f"committed checkpoint is {checkpointer.latest_step()}")
+    if metrics.get("skipped"):
+      skipped_steps += 1
+      logging.warning("step %d: non-finite metrics %s; its update was skipped (%d "
+                      "skipped so far)", step, metrics, skipped_steps)
+      if skipped_steps > config.run.max_skipped_steps:
+        raise NonFiniteLossError(
+            f"step {step}: non-finite metrics {metrics}; {skipped_steps} steps were "
+            f"skipped, more than run.max_skipped_steps={config.run.max_skipped_steps}; "
+            f"the last committed checkpoint is {checkpointer.latest_step()}")
+    elif not all(np.isfinite(v) for v in metrics.values()):
+      raise NonFiniteLossError(
+          f"step {step}: non-finite metrics {metrics}; the last committed checkpoint "
+          f"is {checkpointer.latest_step()} (run.on_non_finite=skip drops such "
+          "updates instead)")
+    if skip:
+      metrics["skipped_steps"] = float(skipped_steps)
     history.append({"step": step, **metrics})
     if step % config.run.log_every_steps == 0 or step == config.run.steps:
       writer.write(step, metrics)
@@ -162,15 +238,62 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
       if step % config.checkpoint.save_every_steps == 0 or step == config.run.steps or stop:
         settle(pending)  # never checkpoint a state whose loss was not finite
         pending = None
-        checkpointer.save(step, state, data_iterator, config_json)
+        if sigterm_time(stop) is not None:  # the wait for the save before counts too
+          commit_within_grace(checkpointer, stop, config.checkpoint.preemption_grace_s)
+        checkpointer.save(step, state, data_iterator, config_json,
+                          {"skipped_steps": skipped_steps})
     if pending:
       settle(pending)
-    if stop and step < config.run.steps:
-      logging.info("stop requested (SIGTERM): saved step %d and exiting", step)
+    if sigterm_time(stop) is not None:
+      committed = commit_within_grace(checkpointer, stop, config.checkpoint.preemption_grace_s)
+      logging.info("SIGTERM: step %s is committed, %.2f s after the signal; exiting",
+                   committed if committed is not None else checkpointer.latest_step(),
+                   time.monotonic() - stop.signal_time)
   finally:
     if tracing:  # the run ended inside the profiled range
       jax.profiler.stop_trace()
-    checkpointer.close()  # waits for the last async save to commit
-    writer.close()
+    # On an error, the save in flight gets the preemption grace to commit:
+    # storage that is gone would hold the exit for as long as its clients retry.
+    grace = config.checkpoint.preemption_grace_s if sys.exc_info()[1] else None
+    close_all(lambda: checkpointer.close(grace), writer.close)
   return history
 
+
+def close_all(*closers):
+  """Runs every closer. The first error is raised, unless the loop is already
+  raising one: a full disk must not hide why the run stopped behind a
+  complaint about flushing metrics to that disk."""
+  raising = sys.exc_info()[1] is not None
+  first = None
+  for close in closers:
+    try:
+      close()
+    except Exception as e:  # noqa: BLE001 - reported below, never dropped
+      if raising or first is not None:
+        logging.error("while closing after an earlier error: %s", e)
+      else:
+        first = e
+  if first is not None:
+    raise first
+
+
+def sigterm_time(stop) -> float | None:
+  """When SIGTERM came (time.monotonic()), or None: not yet, or a stop flag
+  that is not about preemption."""
+  return getattr(stop, "signal_time", None)
+
+
+def commit_within_grace(checkpointer: Checkpointer, stop: StopFlag, grace_s: float):
+  """After SIGTERM: waits for the save in flight to commit, at most until
+  `grace_s` seconds after the signal; returns its step (None: there was
+  none). PreemptionTimeoutError if it did not commit in time."""
+  step = checkpointer.in_flight
+  if checkpointer.wait(deadline=stop.signal_time + grace_s):
+    return step
+  checkpointer.abandon()
+  raise PreemptionTimeoutError(
+      f"SIGTERM: step {step} did not commit to {checkpointer.directory / str(step)} "
+      f"within checkpoint.preemption_grace_s={grace_s} s of the signal; it does not "
+      f"count, the last committed step is {checkpointer.latest_step()}. Storage was "
+      "slow or unreachable; a longer grace (below the scheduler's notice) or more "
+      "frequent checkpoint.save_every_steps loses less.")

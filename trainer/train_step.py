@@ -41,10 +41,16 @@ class TrainStep:
   summed gradients (a lax.scan, so activations of one micro-batch at a time)
   are divided by the batch's count of targets: the same update as one big
   batch, up to summation order.
+
+  With `skip_non_finite`, a step whose loss or gradient norm is NaN or Inf
+  returns the old parameters and optimizer state (only the step counter
+  moves on) and reports `skipped` = 1 in its metrics. The choice is a select
+  inside the compiled step, so no step waits on the host to make it.
   """
 
   def __init__(self, setup: ShardedSetup, optimizer: optax.GradientTransformation,
-               mesh: jax.sharding.Mesh, z_loss: float = 0.0, grad_accum_steps: int = 1):
+               mesh: jax.sharding.Mesh, z_loss: float = 0.0, grad_accum_steps: int = 1,
+               skip_non_finite: bool = False):
     self.mesh = mesh
     graphdef = setup.graphdef
 
@@ -84,6 +90,16 @@ class TrainStep:
       updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
       metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+      if skip_non_finite:
+        # A NaN or Inf in any gradient makes the global norm non-finite.
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+
+        def keep_old(new, old):
+          return jnp.where(finite, new, old)
+
+        params = jax.tree.map(keep_old, params, state.params)
+        opt_state = jax.tree.map(keep_old, opt_state, state.opt_state)
+        metrics["skipped"] = jnp.logical_not(finite).astype(jnp.float32)
       return TrainState(state.step + 1, params, opt_state), metrics
 
     batch = rules.batch_sharding(mesh)
