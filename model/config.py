@@ -79,7 +79,9 @@ class ModelConfig:
   embed_scale_by_sqrt_dim: bool = False
   logits_soft_cap: float = 0.0  # 0 = off; else c * tanh(logits / c).
   norm_eps: float = 1e-6
-  scan_impl: ScanImpl = ScanImpl.LINEAR
+  # The Pallas kernel when compiling for TPU (also ahead of time from a CPU
+  # host), lax.scan elsewhere.
+  scan_impl: ScanImpl = ScanImpl.AUTO
   remat: Remat = Remat.FULL
   compute_dtype: str = "float32"
 

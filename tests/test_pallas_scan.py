@@ -210,10 +210,11 @@ class _RecordingStep(aot.TrainStep):
     ("v5p-8", dict(ici_data=2, ici_fsdp=2, ici_tensor=1)),  # 128 channels a shard
 ], ids=["v5e-8", "v5p-8"])
 def tiny_pallas_report(request):
-  """test_aot's tiny Griffin with scan_impl=pallas, compiled by aot.compile_report."""
+  """test_aot's tiny Griffin with the default scan_impl (auto, which must pick
+  the kernel when compiling for TPU), compiled by aot.compile_report."""
   name, mesh = request.param
   cd = config_lib.defaults()
-  cd.model.scan_impl = "pallas"
+  assert cd.model.scan_impl == "auto"
   cd.data.seq_len = 64
   cd.data.global_batch_size = 16
   for key, value in mesh.items():
