@@ -1,6 +1,9 @@
 """Test setup: 8 fake CPU devices before JAX starts, strict numerics modes."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Must run before jax is imported anywhere: multi-device tests use these.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
@@ -11,6 +14,14 @@ import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")
+# One persistent compilation cache for the session: the many tests that train
+# the same tiny config again (a resumed run, a second process) load the
+# compiled program instead of compiling it; it lives only as long as the run.
+_CACHE_DIR = tempfile.mkdtemp(prefix="griffin_test_xla_cache_")
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 import socket  # noqa: E402

@@ -111,30 +111,6 @@ def initial_state(config, optimizer, setup, checkpointer, data_iterator, init_fr
   return state, {}
 
 
-# This process's compiled train steps, by everything that shapes the program:
-# a process that trains the same configuration again (a resumed run in a test
-# or a notebook) does not compile it again. A few, oldest dropped first.
-_COMPILED_STEPS: dict = {}
-_KEEP_COMPILED = 4
-
-
-def compiled_train_step(config: Config, setup, optimizer, mesh, state) -> TrainStep:
-  """The train step of `config` on `mesh`, compiled for `state` (before the
-  first step, see TrainStep.compile_now), or the one compiled before."""
-  key = (config.model, config.optimizer, config.run.steps, config.run.on_non_finite,
-         config.data.global_batch_size, config.data.seq_len, mesh,
-         jax.config.jax_default_matmul_precision, jax.config.jax_enable_x64)
-  if key not in _COMPILED_STEPS:
-    train_step = TrainStep(setup, optimizer, mesh, config.optimizer.z_loss,
-                           config.optimizer.grad_accum_steps,
-                           skip_non_finite=config.run.on_non_finite == NonFinite.SKIP)
-    train_step.compile_now(state, (config.data.global_batch_size, config.data.seq_len))
-    while len(_COMPILED_STEPS) >= _KEEP_COMPILED:
-      del _COMPILED_STEPS[next(iter(_COMPILED_STEPS))]
-    _COMPILED_STEPS[key] = train_step
-  return _COMPILED_STEPS[key]
-
-
 def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "",
               init_params_from: str = "", stop: StopFlag | None = None,
               profile_steps: tuple[int, int] | None = None,
@@ -179,7 +155,9 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
                                   init_from, init_params_from)
   skip = config.run.on_non_finite == NonFinite.SKIP
   skipped_steps = counters.get("skipped_steps", 0)
-  train_step = compiled_train_step(config, setup, optimizer, mesh, state)
+  train_step = TrainStep(setup, optimizer, mesh, config.optimizer.z_loss,
+                         config.optimizer.grad_accum_steps, skip_non_finite=skip)
+  train_step.compile_now(state, (config.data.global_batch_size, config.data.seq_len))
   barrier("griffin: train step compiled")
   row = rules.batch_sharding(mesh)
   tokens = config.data.global_batch_size * config.data.seq_len
