@@ -10,13 +10,12 @@ The data section keeps its defaults: a real run sets `data.dataset` and a
 Compile-only check (no TPU needed; libtpu from the `test` or `tpu` extra):
   python -m launch.aot --config=configs/griffin_14b.py --topology=v5p-128
 
-Expected (2026-11-24, commit 8e41dea: the default scan_impl=auto compiles the
-Pallas RG-LRU kernel): fits. Per chip: arguments 2.47 GiB, temporaries 17.99
-GiB, peak 17.29 GiB (total 20.6 GiB) of 95.74 GiB usable HBM; 44,129 TFLOPs
-per step (analytic), roofline step time 2.0 s at peak bf16 (MFU bound 75%:
-full remat recomputes the forward pass). Compiles in ~2 minutes on a quiet
-2-core CPU. The large headroom allows a bigger batch or a lighter remat
-policy.
+Expected: fits (2026-11-24, commit 8e41dea: the default scan_impl=auto compiles
+the Pallas RG-LRU kernel). Per chip: arguments 2.47 GiB, temporaries 17.99 GiB,
+peak 17.29 GiB (total 20.6 GiB) of 95.74 GiB usable HBM; 44,129 TFLOPs per step
+(analytic), roofline step time 2.0 s at peak bf16 (MFU bound 75%: full remat
+recomputes the forward pass). Compiles in ~2 minutes on a quiet 2-core CPU. The
+large headroom allows a bigger batch or a lighter remat policy.
 """
 
 from model import presets

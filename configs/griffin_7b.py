@@ -13,14 +13,14 @@ same file serves both pods, the data axis takes the rest of the chips:
   python -m launch.aot --config=configs/griffin_7b.py --topology=v5p-64
   python -m launch.aot --config=configs/griffin_7b.py --topology=v5e-256
 
-Expected (2026-11-24, commit 8e41dea: the default scan_impl=auto compiles the
-Pallas RG-LRU kernel): both fit. v5p-64: arguments 2.44 GiB, temporaries
+Expected: both fit (2026-11-24, commit 8e41dea: the default scan_impl=auto
+compiles the Pallas RG-LRU kernel). v5p-64: arguments 2.44 GiB, temporaries
 30.56 GiB, peak 28.40 GiB (total 33.1 GiB) of 95.74 GiB usable HBM; 21,967
 TFLOPs per step (analytic), roofline 1.98 s (MFU bound 75%). v5e-256 (data 8 x
 fsdp 32): arguments 2.44 GiB, temporaries 5.38 GiB, peak 6.01 GiB (total 7.9
-GiB) of 15.75 GiB usable HBM; roofline 0.58 s (MFU bound 75%). Each compiles
-in ~1.5 minutes on a quiet 2-core CPU. docs/performance.md has the roofline
-with HBM and ICI time.
+GiB) of 15.75 GiB usable HBM; roofline 0.58 s (MFU bound 75%). Each compiles in
+~1.5 minutes on a quiet 2-core CPU. docs/performance.md has the roofline with
+HBM and ICI time.
 """
 
 from model import presets
