@@ -240,10 +240,9 @@ class Checkpointer:
     self._abandoned = True
 
 
-def restore_params(path: str, setup: ShardedSetup, flag: str = ""):
+def restore_params(path: str, setup: ShardedSetup):
   """Parameters only from a checkpoint step directory (e.g. `--init_params_from`);
   the optimizer state is never read."""
-  check_step_dir(path, flag)
   target = {"params": restore_target(setup).params}
   step_dir = epath.Path(path) / STATE
   checkpointer = ocp.PyTreeCheckpointer()
@@ -257,10 +256,9 @@ def restore_params(path: str, setup: ShardedSetup, flag: str = ""):
   return restored["params"]
 
 
-def restore_state(path: str, setup: ShardedSetup, flag: str = ""):
+def restore_state(path: str, setup: ShardedSetup):
   """The full train state from a checkpoint step directory (`--init_from`);
   the data position is not taken from it."""
-  check_step_dir(path, flag)
   target = restore_target(setup)
   step_dir = epath.Path(path) / STATE
   checkpointer = ocp.StandardCheckpointer()

@@ -102,12 +102,11 @@ def initial_state(config, optimizer, setup, checkpointer, data_iterator, init_fr
     return state, counters
   if init_from:
     logging.info("initialising the full state from %s", init_from)
-    return restore_state(init_from, setup, "--init_from"), {}
+    return restore_state(init_from, setup), {}
   state = init_state(config.model, optimizer, setup, config.run.seed)
   if init_params_from:
     logging.info("initialising parameters from %s", init_params_from)
-    state = state._replace(params=restore_params(init_params_from, setup,
-                                                 "--init_params_from"))
+    state = state._replace(params=restore_params(init_params_from, setup))
   return state, {}
 
 
@@ -216,13 +215,13 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
       if step % config.checkpoint.save_every_steps == 0 or step == config.run.steps or stop:
         settle(pending)  # never checkpoint a state whose loss was not finite
         pending = None
-        if sigterm_time(stop) is not None:  # the wait for the save before counts too
+        if stop.signal_time is not None:  # the wait for the save before counts too
           commit_within_grace(checkpointer, stop, config.checkpoint.preemption_grace_s)
         checkpointer.save(step, state, data_iterator, config_json,
                           {"skipped_steps": skipped_steps})
     if pending:
       settle(pending)
-    if sigterm_time(stop) is not None:
+    if stop.signal_time is not None:
       committed = commit_within_grace(checkpointer, stop, config.checkpoint.preemption_grace_s)
       logging.info("SIGTERM: step %s is committed, %.2f s after the signal; exiting",
                    committed if committed is not None else checkpointer.latest_step(),
@@ -253,12 +252,6 @@ def close_all(*closers):
         first = e
   if first is not None:
     raise first
-
-
-def sigterm_time(stop) -> float | None:
-  """When SIGTERM came (time.monotonic()), or None: not yet, or a stop flag
-  that is not about preemption."""
-  return getattr(stop, "signal_time", None)
 
 
 def commit_within_grace(checkpointer: Checkpointer, stop: StopFlag, grace_s: float):
