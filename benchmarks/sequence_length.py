@@ -26,10 +26,11 @@ import jax.numpy as jnp
 from absl import app, flags
 from flax import nnx
 
-from benchmarks.timing import cross_entropy, matmul_gflops, time_step
+from benchmarks.timing import matmul_gflops, time_step
 from model import flops
 from model.config import BlockType, ModelConfig, Remat, ScanImpl
 from model.griffin import Griffin
+from trainer.loss import next_token_loss
 
 _SEQ_LENS = flags.DEFINE_list("seq_lens", ["2048", "4096", "8192"], "Tokens per sequence.")
 _BATCH_TOKENS = flags.DEFINE_integer("batch_tokens", 8192, "Tokens per batch, every row.")
@@ -55,7 +56,7 @@ def loss_fn_and_params(config: ModelConfig):
 
   def loss_fn(params, tokens_BT, pos_BT):
     logits_BTV, _ = nnx.merge(graphdef, params, rest)(tokens_BT, pos_BT)
-    return cross_entropy(logits_BTV, tokens_BT)
+    return next_token_loss(logits_BTV, tokens_BT, pos_BT)
 
   return loss_fn, params
 

@@ -10,12 +10,6 @@ import jax.numpy as jnp
 import optax
 
 
-def cross_entropy(logits_BTV, tokens_BT):
-  logp_BTV = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
-  target_BT1 = tokens_BT[:, 1:, None]
-  return -jnp.mean(jnp.take_along_axis(logp_BTV, target_BT1, axis=-1))
-
-
 def train_step(loss_fn):
   """jit(state, tokens, pos) -> (state, loss): value_and_grad, then AdamW."""
   optimizer = optax.adamw(1e-4, weight_decay=0.1)

@@ -7,7 +7,8 @@ CPU, ~200 s of it compiling recurrentgemma's linear scan; progress goes to stder
 
 Both systems run the same training step on the same weights (recurrentgemma's
 init, loaded into ours): one jax.jit of value_and_grad (w.r.t. all parameters)
-of the mean next-token cross-entropy followed by the same optax AdamW update
+of the trainer's loss (trainer/loss.py: the mean next-token cross-entropy
+over targets inside a document, a document's first token not predicted) followed by the same optax AdamW update
 (parameters and moments donated), f32 params and compute. --remat=full: ours
 Remat.FULL, recurrentgemma gradient_checkpointing=True; --remat=none: neither
 recomputes (the faster choice on a CPU, where memory is not the limit). Inputs: random tokens
@@ -41,10 +42,11 @@ import recurrentgemma.jax as rg
 from absl import app, flags
 from flax import nnx
 
-from benchmarks.timing import cross_entropy, matmul_gflops, time_step
+from benchmarks.timing import matmul_gflops, time_step
 from model.config import BlockType, ModelConfig, Remat, ScanImpl
 from model.convert import load_recurrentgemma_params, recurrentgemma_config_fields
 from model.griffin import Griffin
+from trainer.loss import next_token_loss
 
 _CONFIGS = flags.DEFINE_list("configs", ["A", "B"], "Shapes to run: A, B.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per row (after 1 warmup).")
@@ -102,7 +104,7 @@ def loss_fns(config: ModelConfig, scan: str, tokens_BT, pos_BT):
 
   def rg_loss(params, tokens_BT, pos_BT):
     logits_BTV, _ = theirs.apply({"params": params}, tokens_BT, pos_BT, return_cache=False)
-    return cross_entropy(logits_BTV, tokens_BT)
+    return next_token_loss(logits_BTV, tokens_BT, pos_BT)
 
   ours = Griffin(config, nnx.Rngs(0))
   load_recurrentgemma_params(ours, rg_params)
@@ -110,7 +112,7 @@ def loss_fns(config: ModelConfig, scan: str, tokens_BT, pos_BT):
 
   def our_loss(params, tokens_BT, pos_BT):
     logits_BTV, _ = nnx.merge(graphdef, params, rest)(tokens_BT, pos_BT)
-    return cross_entropy(logits_BTV, tokens_BT)
+    return next_token_loss(logits_BTV, tokens_BT, pos_BT)
 
   return {"ours": (our_loss, our_params), "recurrentgemma": (rg_loss, rg_params)}
 

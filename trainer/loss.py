@@ -13,22 +13,30 @@ import jax
 import jax.numpy as jnp
 
 
-def _counted(tokens_BT, segment_pos_BT, loss_mask_BT):
-  """(B, T-1) bool: which targets tokens[:, 1:] count."""
-  counted_BT = segment_pos_BT[:, 1:] != 0
+def _next_targets(tokens_BT, segment_pos_BT, loss_mask_BT):
+  """(B, T) target tokens and which count: position t predicts token t+1; the
+  last position predicts nothing, so it never counts.
+
+  The targets are shifted, not the logits: slicing the (B, T, V) logits, the
+  largest array of the step, costs a copy forward and a pad of its gradient
+  backward.
+  """
+  target_BT = jnp.roll(tokens_BT, -1, axis=1)
+  counted_BT = jnp.roll(segment_pos_BT, -1, axis=1) != 0
   if loss_mask_BT is not None:
-    counted_BT &= loss_mask_BT[:, 1:] != 0
-  return counted_BT
+    counted_BT &= jnp.roll(loss_mask_BT, -1, axis=1) != 0
+  return target_BT, counted_BT.at[:, -1].set(False)
 
 
 def _masked_nll(logits_BTV, tokens_BT, segment_pos_BT, z_loss, loss_mask_BT):
-  """Cross-entropy of token t+1 given tokens <= t (B, T-1), and which of those
+  """Cross-entropy of token t+1 given tokens <= t (B, T), and which of those
   targets count. Optional z-loss: z_loss * log(Z)^2."""
-  logits_BTV = logits_BTV[:, :-1].astype(jnp.float32)
+  target_BT, counted_BT = _next_targets(tokens_BT, segment_pos_BT, loss_mask_BT)
+  logits_BTV = logits_BTV.astype(jnp.float32)
   log_z_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-  target_logit_BT = jnp.take_along_axis(logits_BTV, tokens_BT[:, 1:, None], axis=-1)[..., 0]
+  target_logit_BT = jnp.take_along_axis(logits_BTV, target_BT[..., None], axis=-1)[..., 0]
   nll_BT = log_z_BT - target_logit_BT + z_loss * jnp.square(log_z_BT)
-  return nll_BT, _counted(tokens_BT, segment_pos_BT, loss_mask_BT)
+  return nll_BT, counted_BT
 
 
 def next_token_nll(logits_BTV, tokens_BT, segment_pos_BT, z_loss: float = 0.0,
@@ -41,7 +49,7 @@ def next_token_nll(logits_BTV, tokens_BT, segment_pos_BT, z_loss: float = 0.0,
 def _by_position(values_BT, counted_BT, segment_pos_BT, dtype):
   """Sums of `values_BT` over counted targets, by the target's position."""
   T = segment_pos_BT.shape[1]
-  return jnp.zeros(T, dtype).at[segment_pos_BT[:, 1:]].add(
+  return jnp.zeros(T, dtype).at[jnp.roll(segment_pos_BT, -1, axis=1)].add(
       jnp.where(counted_BT, values_BT, 0).astype(dtype))
 
 
@@ -57,8 +65,8 @@ def next_token_nll_by_position(logits_BTV, tokens_BT, segment_pos_BT, loss_mask_
 def next_token_correct_by_position(logits_BTV, tokens_BT, segment_pos_BT, loss_mask_BT=None):
   """correct_T: counted targets that are the argmax of their prediction, by
   position as in `next_token_nll_by_position` (accuracy = correct / count)."""
-  correct_BT = jnp.argmax(logits_BTV[:, :-1], axis=-1) == tokens_BT[:, 1:]
-  counted_BT = _counted(tokens_BT, segment_pos_BT, loss_mask_BT)
+  target_BT, counted_BT = _next_targets(tokens_BT, segment_pos_BT, loss_mask_BT)
+  correct_BT = jnp.argmax(logits_BTV, axis=-1) == target_BT
   return _by_position(correct_BT, counted_BT, segment_pos_BT, jnp.int32)
 
 
