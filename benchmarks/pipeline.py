@@ -107,7 +107,7 @@ def main(argv):
                        tokenizer, _SECONDS.value)
       rows.append((corpus, workers, result))
       print(f"done {corpus} workers={workers}: {result}", flush=True)
-  print(f"\n| corpus | workers | start s | batches | tokens/s | real tokens/s |")
+  print("\n| corpus | workers | start s | batches | tokens/s | real tokens/s |")
   print("|---|---:|---:|---:|---:|---:|")
   for corpus, workers, r in rows:
     print(f"| {corpus} | {workers} | {r['start_s']:.1f} | {r['batches']} | "

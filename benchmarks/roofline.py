@@ -16,9 +16,9 @@ the fit's prediction of that compile's figures is from XLA's. Measurements are
 cached in `--cache` (keyed by config, overrides, topology and variant), so a
 rerun prints the table without compiling.
 
-Every row overrides `model.scan_impl=auto`: on TPU that is the Pallas RG-LRU
-kernel. The configs' default `linear` is a lax.scan over 2048 time steps inside
-each layer: sequential steps that a roofline cannot price, and a loop inside the
+Every row sets `model.scan_impl=auto` (the default): on TPU that is the Pallas
+RG-LRU kernel. A `linear` scan is a lax.scan over 2048 time steps inside each
+layer: sequential steps that a roofline cannot price, and a loop inside the
 layer loop that cost_analysis would count once.
 """
 
@@ -46,10 +46,10 @@ ROWS = (
     ("griffin_7b@v5p-64", "griffin_7b", "v5p-64", {}),
     ("griffin_7b@v5e-256", "griffin_7b", "v5e-256", {}),
     ("griffin_14b@v5p-128", "griffin_14b", "v5p-128", {}),
-    # The knob for the 7B v5p target: keep the matmul outputs instead of
-    # recomputing them (remat's recompute is a quarter of full remat's FLOPs).
-    ("griffin_7b@v5p-64+save_matmuls", "griffin_7b", "v5p-64",
-     {"model.remat": "save_matmuls"}),
+    # The 7B config keeps the matmul outputs (remat save_matmuls); this row
+    # shows what recomputing them, a quarter of full remat's FLOPs, costs.
+    ("griffin_7b@v5p-64+remat_full", "griffin_7b", "v5p-64", {"model.remat": "full"}),
+    ("griffin_7b@v5e-256+remat_full", "griffin_7b", "v5e-256", {"model.remat": "full"}),
 )
 
 
@@ -100,6 +100,25 @@ def _xla(r: dict) -> str:
   return f"{r['xla_s']:.3f} ({100 * r['mfu_xla']:.1f}%)"
 
 
+def _verdict(r: dict) -> str:
+  """The target against every overlap assumption, the most pessimistic first."""
+  estimates = [r["mfu_sum"], r["mfu_serial"], r["mfu"]]
+  if not math.isnan(r["xla_s"]):
+    estimates.append(r["mfu_xla"])
+  low, high = min(estimates), max(estimates)
+  target = f"the {100 * TARGET_MFU:.0f}% target"
+  if low >= TARGET_MFU:
+    verdict = f"meets {target} under every assumption"
+  elif high >= TARGET_MFU:
+    verdict = f"meets {target} only if enough of the step overlaps"
+  else:
+    verdict = f"does not meet {target}"
+  return (f"estimated MFU {100 * low:.1f}-{100 * high:.1f}% (nothing overlapped: "
+          f"{100 * r['mfu_sum']:.1f}%; collectives exposed: {100 * r['mfu_serial']:.1f}%; "
+          f"roofline: {100 * r['mfu']:.1f}%; XLA's step estimate: {_xla(r)}): {verdict} "
+          f"(an estimate from compiles, not a measurement).")
+
+
 def table(rows: list[tuple[str, dict]]) -> str:
   lines = [
       "| config | TPU type | mesh (data x fsdp x tensor) | batch x seq | remat | model "
@@ -143,12 +162,7 @@ def main(argv):
   print(table(results))
   for name, r in results:
     if name == "griffin_7b@v5p-64":
-      verdict = "meets" if r["mfu"] >= TARGET_MFU else "does not meet"
-      print(f"\n{name}: estimated MFU {100 * r['mfu']:.1f}% (collectives overlapped), "
-            f"{100 * r['mfu_serial']:.1f}% (not overlapped): {verdict} the "
-            f"{100 * TARGET_MFU:.0f}% target. With compute, memory and collectives in "
-            f"turn (no overlap at all): {100 * r['mfu_sum']:.1f}%; at XLA's own step "
-            f"estimate: {_xla(r)}.")
+      print(f"\n{name}: {_verdict(r)}")
   for name in _CHECK_FULL.value:
     config_name, accelerator_type, overrides = known[name]
     config = build_config(config_name, overrides)

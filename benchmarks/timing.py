@@ -40,13 +40,18 @@ def time_step(loss_fn, params, tokens_BT, pos_BT, steps: int):
   return compile_s, statistics.median(times), float(loss)
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-  x_NN = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
-  matmul = jax.jit(lambda a, b: a @ b)
-  jax.block_until_ready(matmul(x_NN, x_NN))
+def median_call_seconds(fn, *args, repeats: int) -> float:
+  """Median wall time of fn(*args) over `repeats` calls, after one warmup."""
+  jax.block_until_ready(fn(*args))
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(matmul(x_NN, x_NN))
+    jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
-  return 2 * n**3 / statistics.median(times) / 1e9
+  return statistics.median(times)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+  x_NN = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
+  matmul = jax.jit(lambda a, b: a @ b)
+  return 2 * n**3 / median_call_seconds(matmul, x_NN, x_NN, repeats=repeats) / 1e9

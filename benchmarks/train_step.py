@@ -31,7 +31,6 @@ n_attn = attention layers, D = width, K = mean keys visible per query
 a jitted f32 2048x2048 @ 2048x2048 matmul (median of 5) measured in the run.
 """
 
-import dataclasses
 import sys
 import time
 
@@ -42,6 +41,8 @@ import recurrentgemma.jax as rg
 from absl import app, flags
 from flax import nnx
 
+from benchmarks import shapes
+from benchmarks.shapes import SHAPES, Shape, inputs
 from benchmarks.timing import matmul_gflops, time_step
 from model.config import BlockType, ModelConfig, Remat, ScanImpl
 from model.convert import load_recurrentgemma_params, recurrentgemma_config_fields
@@ -56,35 +57,13 @@ _REMAT = flags.DEFINE_enum("remat", "full", ["full", "none"],
                            "Recompute the forward pass in the backward (both systems) or not.")
 
 
-@dataclasses.dataclass(frozen=True)
-class Shape:
-  width: int
-  depth: int
-  vocab: int
-  seq: int
-  batch: int
-
-
-SHAPES = {"A": Shape(256, 6, 8192, 512, 8), "B": Shape(512, 6, 8192, 1024, 4)}
 OUR_SCANS = {"linear": ScanImpl.LINEAR, "associative": ScanImpl.ASSOCIATIVE}
 RG_SCANS = {"linear": rg.ScanType.LINEAR_NATIVE, "associative": rg.ScanType.ASSOCIATIVE_NATIVE}
 R, A = BlockType.RECURRENT, BlockType.ATTENTION
 
 
 def model_config(shape: Shape, scan: str) -> ModelConfig:
-  return ModelConfig(
-      vocab_size=shape.vocab, width=shape.width, depth=shape.depth,
-      lru_width=shape.width, block_pattern=(R, R, A),
-      attention_window=min(1024, shape.seq), head_dim=128, mlp_expansion=3,
-      gate_blocks=shape.width // 128, scan_impl=OUR_SCANS[scan],
-      remat=Remat(_REMAT.value), compute_dtype="float32")
-
-
-def inputs(shape: Shape):
-  tokens_BT = jax.random.randint(jax.random.key(1), (shape.batch, shape.seq), 0,
-                                 shape.vocab, jnp.int32)
-  pos_T = jnp.arange(shape.seq, dtype=jnp.int32) % (shape.seq // 2)
-  return tokens_BT, jnp.broadcast_to(pos_T, (shape.batch, shape.seq))
+  return shapes.model_config(shape, OUR_SCANS[scan], Remat(_REMAT.value))
 
 
 def rg_model(config: ModelConfig, scan: str):
