@@ -17,9 +17,10 @@ The same on 8 fake CPU devices with a data x fsdp x tensor = 2x2x2 mesh:
 Expected: (measured 2026-11-24, 2 shared CPU cores, fresh clone) corpus and
 tokenizer built in a few seconds, 600 steps in about 3 minutes, training loss
 9.0 at step 1 falling to ~4.4-5.7 (noisy batches), and the evaluate command
-prints the validation loss over 16 batches: 2.654 (perplexity 14.2, accuracy
-0.52; commit 8d295c7, the whole command 2 min 53 s with pip's cache warm),
-and 4.20 at 512 tokens, 4x the training length.
+prints the validation loss over 16 batches: 2.650 (perplexity 14.15,
+accuracy 0.525; commit 46976d8, the whole command 2 min 40 s with pip's cache
+warm; 2.654 before 349ad44 changed the loss's summation order), and 4.20 at
+512 tokens, 4x the training length.
 """
 
 from trainer import config as config_lib
