@@ -46,10 +46,12 @@ ROWS = (
     ("griffin_7b@v5p-64", "griffin_7b", "v5p-64", {}),
     ("griffin_7b@v5e-256", "griffin_7b", "v5e-256", {}),
     ("griffin_14b@v5p-128", "griffin_14b", "v5p-128", {}),
-    # The 7B config keeps the matmul outputs (remat save_matmuls); this row
-    # shows what recomputing them, a quarter of full remat's FLOPs, costs.
+    # The 7B and 14B configs keep the matmul outputs (remat save_matmuls);
+    # these rows show what recomputing them, a quarter of full remat's FLOPs,
+    # costs.
     ("griffin_7b@v5p-64+remat_full", "griffin_7b", "v5p-64", {"model.remat": "full"}),
     ("griffin_7b@v5e-256+remat_full", "griffin_7b", "v5e-256", {"model.remat": "full"}),
+    ("griffin_14b@v5p-128+remat_full", "griffin_14b", "v5p-128", {"model.remat": "full"}),
 )
 
 
