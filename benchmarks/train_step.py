@@ -7,9 +7,10 @@ CPU, ~200 s of it compiling recurrentgemma's linear scan; progress goes to stder
 
 Both systems run the same training step on the same weights (recurrentgemma's
 init, loaded into ours): one jax.jit of value_and_grad (w.r.t. all parameters)
-of the trainer's loss (trainer/loss.py: the mean next-token cross-entropy
-over targets inside a document, a document's first token not predicted) followed by the same optax AdamW update
-(parameters and moments donated), f32 params and compute. --remat=full: ours
+of the trainer's loss (trainer/loss.py: the mean next-token cross-entropy over
+targets inside a document; a document's first token is not predicted),
+followed by the same optax AdamW update (parameters and moments donated), f32
+params and compute. --remat=full: ours
 Remat.FULL, recurrentgemma gradient_checkpointing=True; --remat=none: neither
 recomputes (the faster choice on a CPU, where memory is not the limit). Inputs: random tokens
 (B, T) int32 and a packed layout, 2 documents of T/2 tokens per row
