@@ -1,4 +1,4 @@
-"""Reliability, CI-sized (benchmarks/drills.py runs the full drills; both are
+"""Reliability, CI-sized (benchmarks/drills/ runs the full drills; both are
 in docs/reliability.md): SIGKILLs, one of them mid-save, and a SIGTERM leave
 the loss curve bit-identical; a NaN update is skipped, counted and resumed
 exactly; storage that goes away during a save, refuses a commit or fills up
@@ -166,7 +166,7 @@ def test_storage_outage_mid_save_then_a_refused_commit_on_gcs(source_run, health
 def test_a_failing_disk_at_save_is_named_and_keeps_the_previous_step(source_run, tmp_path):
   """The disk refuses the checkpoint's writes once step 2 is committed: a
   file-size limit (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a write past it
-  fails with EFBIG), which needs no root and no mount. benchmarks/drills.py
+  fails with EFBIG), which needs no root and no mount. benchmarks/drills/
   fills a real tmpfs (ENOSPC) and makes a directory immutable (EPERM)."""
   workdir, checkpoints = tmp_path / "run", tmp_path / "run" / "checkpoints"
   config = make_config()

@@ -1,0 +1,70 @@
+"""Resuming on another device count, and on another process count."""
+
+import json
+import re
+import shutil
+import sys
+import time
+
+from etils import epath
+
+from benchmarks.drills.harness import Drill, OVERRIDES, ROOT, Run, STEPS, committed, records
+
+
+# --- another device or process count ------------------------------------------
+
+
+def trimmed_copy(workdir: str, step: int, target: str) -> str:
+  shutil.copytree(workdir, target)
+  for path in epath.Path(target, "checkpoints").iterdir():
+    if path.name.isdigit() and int(path.name) > step:
+      shutil.rmtree(path)
+  lines = [line for line in epath.Path(target, "metrics.jsonl").read_text().splitlines()
+           if json.loads(line)["step"] <= step]
+  epath.Path(target, "metrics.jsonl").write_text("\n".join(lines) + "\n")
+  return target
+
+
+def topology_drill(d: Drill):
+  started = time.monotonic()
+  reference = d.uninterrupted()
+  resume_at = committed(reference)[0]
+  for devices in (4, 2):
+    t0 = time.monotonic()
+    workdir = trimmed_copy(reference, resume_at, d.path(f"topology_{devices}"))
+    run = Run(workdir, d.out, devices=devices)
+    code = run.finish()
+    got, want = records(workdir), records(reference)
+    later = range(resume_at + 1, STEPS + 1)
+    worst = max(abs(got[s][-1]["loss"] / want[s][0]["loss"] - 1) for s in later)
+    position = f"checkpoints/{STEPS}/data/process_0-of-1.json"
+    same_data = (json.loads(epath.Path(workdir, position).read_text())
+                 == json.loads(epath.Path(reference, position).read_text()))
+    d.row(f"topology: saved on 1 process x 8 devices, resumed on 1 x {devices}", 1,
+          code == 0 and same_data and worst < 1e-5,
+          f"resumed from step {run.resumed_from()}; data position at step {STEPS} "
+          f"{'identical' if same_data else 'DIFFERENT'}; losses of steps "
+          f"{resume_at + 1}-{STEPS} within {worst:.1e} (relative) of the 8-device run's "
+          "(another summation order)", t0)
+  t0 = time.monotonic()
+  workdir = trimmed_copy(reference, resume_at, d.path("topology_2x4"))
+
+  def two_processes(workdir, *extra):
+    flags_ = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    return Run(workdir, d.out, command=[
+        sys.executable, "-m", "launch.local", "--num_processes=2", "--devices_per_process=4",
+        f"--log_dir={workdir}_logs", "--", sys.executable, "-m", "trainer.train",
+        f"--config={ROOT}/configs/griffin_tiny.py", f"--workdir={workdir}", *flags_, *extra])
+
+  code = two_processes(workdir).finish()
+  logs = "".join(p.read_text() for p in epath.Path(f"{workdir}_logs").glob("*.log"))
+  refusal = re.search(r"ValueError: (checkpoint .* holds the data position of .*)", logs)
+  step_dir = f"{workdir}/checkpoints/{resume_at}"
+  advised = d.path("topology_2x4_init_from")
+  followed = two_processes(advised, f"--init_from={step_dir}").finish()
+  d.row("topology: saved on 1 process x 8 devices, resumed on 2 processes x 4", 1,
+        code != 0 and bool(refusal) and followed == 0,
+        (f"refused before compiling: '{refusal.group(1)[:260]}'" if refusal
+         else f"exit {code}, no refusal found") + f"; following it (--init_from) ran to "
+        f"the end: exit {followed}", t0)
+  del started
