@@ -1,7 +1,7 @@
 """How fast the CPU training step could be: every matmul of the step timed
 alone at its own shape, everything else free.
 
-Command, from the repository root (about 2 minutes on 2 cores):
+Command, from the repository root (about a minute on 2 cores):
   python -m benchmarks.matmul_bound --configs=A,B
 
 The step is this project's training step of benchmarks/train_step.py (same
