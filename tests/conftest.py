@@ -37,7 +37,9 @@ import pytest  # noqa: E402
 #   tensorstore opens for parallel writes, and every dropped connection costs
 #   a 1 s retransmit (checkpoint saves were ~10x slower);
 # - its index of objects is written to disk when it stops, not after every
-#   write (a JSON dump of every object per write: quadratic in the objects).
+#   write (a JSON dump of every object per write: quadratic in the objects);
+#   bucket creation still writes it at once (rare, and a bucket lost by a stop
+#   that could not save the index would fail every later test on the bucket).
 # And fault injection: while the file GCS_FAULT_FILE holds "<HTTP status>
 # [<text>]", every write (POST, PUT, PATCH, DELETE) whose URL, unquoted,
 # contains <text> (any write without one) is answered with that status.
@@ -50,6 +52,16 @@ from gcp_storage_emulator import server, storage
 http_server.HTTPServer.request_queue_size = 1024
 save_index = storage.Storage._write_config_to_file
 storage.Storage._write_config_to_file = lambda self: None
+create_bucket = storage.Storage.create_bucket
+
+
+def create_bucket_and_save(self, name, bucket):
+  created = create_bucket(self, name, bucket)
+  save_index(self)
+  return created
+
+
+storage.Storage.create_bucket = create_bucket_and_save
 fault_file = os.environ["GCS_FAULT_FILE"]
 
 
@@ -78,8 +90,10 @@ for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
   setattr(server.RequestHandler, name, with_faults(method, getattr(server.RequestHandler, name)))
 port, data_dir = int(sys.argv[1]), sys.argv[2]
 emulator = server.create_server("127.0.0.1", port, in_memory=False, data_dir=data_dir)
-emulator.run()  # until SIGINT
-save_index(emulator._storage)
+try:
+  emulator.run()  # until SIGINT
+finally:  # also when the interrupt lands outside run()'s own handler
+  save_index(emulator._storage)
 """
 
 
