@@ -31,6 +31,48 @@ class DataConfig:
   max_files: int = 0  # stdlib/text_files: use only the first N files; 0 = all
   train_split: str = "train"
   eval_split: str = "validation"
+  # Token stores to train on (docs/data.md): "name=path,name=path" or one
+  # path (named after its last folder), local or gs://. "" = the store of
+  # data.dataset, built in data_dir on first use.
+  stores: str = ""
+  mixture: str = ""  # "name:weight,...", positive weights over data.stores; "" = equal
+
+  def store_paths(self) -> dict[str, str]:
+    """data.stores as {name: path}, in the order given."""
+    out = {}
+    for entry in filter(None, (e.strip() for e in self.stores.split(","))):
+      name, _, path = entry.partition("=") if "=" in entry.split("://")[0] else ("", "", entry)
+      name = name or path.rstrip("/").rsplit("/", 1)[-1]
+      if not name or not path or name in out:
+        raise ValueError(f"data.stores={self.stores!r}: entry {entry!r} needs a unique "
+                         "name and a path, as 'name=path' (e.g. 'web=gs://b/web,"
+                         "code=/data/code').")
+      out[name] = path
+    return out
+
+  def weights(self, names) -> dict[str, float]:
+    """data.mixture as {name: weight} over `names` (equal weights if empty)."""
+    if not self.mixture:
+      return {name: 1.0 for name in names}
+    out = {}
+    for entry in filter(None, (e.strip() for e in self.mixture.split(","))):
+      name, _, weight = entry.rpartition(":")
+      try:
+        value = float(weight)
+      except ValueError:
+        value = math.nan
+      if name not in names:
+        raise ValueError(f"data.mixture={self.mixture!r} names source {name!r}, which is "
+                         f"not one of the sources {list(names)} (data.stores).")
+      if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"data.mixture={self.mixture!r}: the weight of {name!r} is "
+                         f"{weight!r}; weights must be positive numbers, as 'name:0.7'.")
+      out[name] = value
+    missing = [name for name in names if name not in out]
+    if missing:
+      raise ValueError(f"data.mixture={self.mixture!r} gives no weight to {missing}; "
+                       f"name every source of {list(names)} with a positive weight.")
+    return out
 
   def __post_init__(self):
     for name in ("dataset", "text_feature", "jsonl_field", "train_split",
@@ -61,6 +103,8 @@ class DataConfig:
                        "the text or JSONL files to read (e.g. '/data/*.jsonl').")
     if self.dataset in synthetic.DATASETS:
       synthetic.check(self.dataset, self.seq_len)
+    names = list(self.store_paths())
+    self.weights(names or [self.dataset])
     if self.files and self.dataset != TEXT_FILES:
       raise ValueError(f"data.files={self.files!r} is only read when data.dataset="
                        f"{TEXT_FILES!r} (it is {self.dataset!r}); set one or clear "

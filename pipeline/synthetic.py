@@ -107,19 +107,24 @@ def check_vocab(dataset: str, vocab_size: int):
 
 
 def rows(dataset: str, split: str, seq_len: int, seed: int, start: int, count: int) -> dict:
-  """Rows start..start+count-1 of a split as a host batch of (count, T) int32
-  arrays: tokens, segment_pos (0..T-1, one document per row), loss_mask."""
+  """Rows start..start+count-1 of a split (see `rows_at`)."""
+  return rows_at(dataset, split, seq_len, seed, np.arange(start, start + count))
+
+
+def rows_at(dataset: str, split: str, seq_len: int, seed: int, indices_N) -> dict:
+  """The rows of a split at `indices_N`, as (N, T) int32 arrays: tokens,
+  segment_pos (0..T-1, one document per row), loss_mask."""
   check(dataset, seq_len)
   if split not in SPLITS:
     raise ValueError(f"split={split!r} must be one of {list(SPLITS)}.")
   make_row = _ROWS[dataset]
   stream = (_TRAIN_STREAM, seed) if split == "train" else (_VALIDATION_STREAM, 0)
-  tokens, masks = zip(*(make_row(np.random.default_rng((*stream, index)), seq_len)
-                        for index in range(start, start + count)))
-  tokens_BT = np.stack(tokens)
-  return {"tokens": tokens_BT,
+  tokens, masks = zip(*(make_row(np.random.default_rng((*stream, int(index))), seq_len)
+                        for index in indices_N))
+  tokens_NT = np.stack(tokens)
+  return {"tokens": tokens_NT,
           "segment_pos": np.broadcast_to(np.arange(seq_len, dtype=np.int32),
-                                         tokens_BT.shape).copy(),
+                                         tokens_NT.shape).copy(),
           "loss_mask": np.stack(masks)}
 
 

@@ -306,7 +306,7 @@ def test_a_checkpoint_of_8_devices_continues_on_4(source_run, tmp_path, compile_
   np.testing.assert_allclose([r["loss"] for r in got[2:]], [h["loss"] for h in history[2:]],
                              rtol=1e-6)
   assert [r["skipped_steps"] for r in got[2:]] == [1, 1]  # the count came along
-  position = "checkpoints/4/data/process_0-of-1.json"
+  position = "checkpoints/4/data/metadata"
   assert (json.loads((epath.Path(resumed) / position).read_text())
           == json.loads((workdir / position).read_text()))
 

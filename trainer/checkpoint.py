@@ -1,5 +1,5 @@
-"""Async Orbax checkpoints: one step holds the train state, every host's data
-iterator state, the run config and the run's counters. Local paths and gs://
+"""Async Orbax checkpoints: one step holds the train state, the data position
+(rows consumed: the same for every host), the run config and the run's counters. Local paths and gs://
 alike.
 
 A step counts only once Orbax has committed it (atomic rename locally, a
@@ -12,7 +12,6 @@ import contextlib
 import time
 from typing import Any
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
@@ -92,7 +91,7 @@ class Checkpointer:
             enable_async_checkpointing=config.async_save, create=True),
         # Handlers up front, so a fresh manager can read metadata before any save.
         item_handlers={STATE: ocp.StandardCheckpointHandler(use_ocdbt=config.use_ocdbt),
-                       DATA: grain.checkpoint.CheckpointHandler(),
+                       DATA: ocp.JsonCheckpointHandler(),
                        CONFIG: ocp.JsonCheckpointHandler(),
                        COUNTERS: ocp.JsonCheckpointHandler()})
     self._in_flight = None  # the step of a save not yet known to be committed
@@ -111,7 +110,9 @@ class Checkpointer:
     self.wait()
     items = {STATE: ocp.args.StandardSave(state), CONFIG: ocp.args.JsonSave(config_json)}
     if data_iterator is not None:
-      items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
+      # The data position is global (rows consumed, the same on every host):
+      # one JSON item, written by the primary process.
+      items[DATA] = ocp.args.JsonSave(data_iterator.get_state())
     if counters is not None:
       items[COUNTERS] = ocp.args.JsonSave(counters)
     with self._naming_failures(step):
@@ -180,10 +181,9 @@ class Checkpointer:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     if data_iterator is not None:
       # Apart from the arrays: the data pipeline's own errors (another
-      # sequence length, another process count) are already clear.
-      self._check_process_count(step)
-      self.manager.restore(step, args=ocp.args.Composite(
-          **{DATA: grain.checkpoint.CheckpointRestore(data_iterator)}))
+      # sequence length, seed or store) are already clear.
+      data_iterator.set_state(self.manager.restore(step, args=ocp.args.Composite(
+          **{DATA: ocp.args.JsonRestore()}))[DATA])
     return restored[STATE], restored[CONFIG], dict(restored.get(COUNTERS) or {})
 
   @contextlib.contextmanager
@@ -201,18 +201,6 @@ class Checkpointer:
         f"checkpoint {self.directory / str(step)} cannot be read: {cause}. It is "
         f"damaged (a truncated or missing file); {advice}start afresh in another "
         f"--workdir. Committed steps here: {sorted(self.manager.all_steps())}") from error
-
-  def _check_process_count(self, step: int):
-    """Grain keeps one iterator state per process (`process_<i>-of-<n>.json`):
-    a run with another process count cannot continue the same data order."""
-    names = [p.name for p in (self.directory / str(step) / DATA).glob("process_*-of-*.json")]
-    counts = {int(name.rsplit("-of-", 1)[1].split(".")[0]) for name in names}
-    if counts and counts != {jax.process_count()}:
-      raise ValueError(
-          f"checkpoint {self.directory / str(step)} holds the data position of "
-          f"{sorted(counts)} process(es), but this run has {jax.process_count()}; "
-          "resume with the same process count, or start the data afresh with "
-          "--init_from=<that step dir> (keeps the model and optimizer state)")
 
   def config_only_args(self):
     """Restore args that read only the run config of a step."""

@@ -60,6 +60,18 @@ class Scorer:
     return sum_T, count_T, correct_T
 
 
+def score_sources(scorer: Scorer, params, batches, num_batches: int, seq_len: int):
+  """`scorer` over `batches`, an iterator or {source: iterator}: the sums over
+  all of them, and {source: summary} when there are several sources."""
+  if not isinstance(batches, dict):
+    return scorer(params, batches, num_batches, seq_len), {}
+  by_source = {name: scorer(params, it, num_batches, seq_len) for name, it in batches.items()}
+  total = tuple(sum(parts) for parts in zip(*by_source.values()))
+  if len(by_source) == 1:
+    return total, {}
+  return total, {name: summary(*sums) for name, sums in by_source.items()}
+
+
 def summary(sum_T, count_T, correct_T) -> dict:
   """Mean NLL, perplexity, the number of targets, and next-token accuracy
   (the fraction whose argmax is the target)."""
@@ -135,11 +147,14 @@ def evaluate(workdir: str, step: int | None, eval_batches: int, make_batches,
   setup, params = restore_here(checkpointer, step, config, mesh)
   scorer = Scorer(setup.graphdef, mesh)
 
-  result = {"step": step, "seq_len": config.data.seq_len,
-            **summary(*scorer(params, batches, eval_batches, config.data.seq_len))}
+  sums, by_source = score_sources(scorer, params, batches, eval_batches, config.data.seq_len)
+  result = {"step": step, "seq_len": config.data.seq_len, **summary(*sums)}
+  if by_source:
+    result["by_source"] = by_source
   logging.info("evaluation of step %d: %s", step, result)
   if long_batches is not None:
-    sum_T, count_T, correct_T = scorer(params, long_batches, eval_batches, long_data.seq_len)
+    (sum_T, count_T, correct_T), _ = score_sources(scorer, params, long_batches, eval_batches,
+                                                   long_data.seq_len)
     result["by_position"] = {"train_seq_len": train_seq_len, "seq_len": long_data.seq_len,
                              **summary(sum_T, count_T, correct_T),
                              "nll_sum": sum_T.tolist(), "count": count_T.tolist(),

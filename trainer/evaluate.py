@@ -19,7 +19,7 @@ from trainer import config as config_lib
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
 _EVAL_BATCHES = flags.DEFINE_integer(
-    "eval_batches", 16, "Validation batches to score (the first N, in order).", lower_bound=1)
+    "eval_batches", 16, "Validation batches to score (of each source: a fixed sample).", lower_bound=1)
 _LENGTH_MULTIPLE = flags.DEFINE_integer(
     "length_multiple", 4, "Loss by position at this multiple of the training length; 0 = skip.",
     lower_bound=0)
@@ -38,6 +38,9 @@ def main(argv):
   print(f"step {result['step']}: validation loss {result['loss']:.4f}, "
         f"perplexity {result['perplexity']:.2f}, accuracy {result['accuracy']:.4f} over "
         f"{result['tokens']} tokens (length {result['seq_len']})")
+  for name, source in result.get("by_source", {}).items():
+    print(f"  source {name}: loss {source['loss']:.4f}, perplexity {source['perplexity']:.2f}, "
+          f"accuracy {source['accuracy']:.4f} over {source['tokens']} tokens")
   if "by_position" in result:
     by_position = result["by_position"]
     print(f"at {by_position['seq_len']} tokens ({_LENGTH_MULTIPLE.value}x training): loss "

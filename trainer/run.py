@@ -4,8 +4,7 @@ iterator, run the loop, and report."""
 import jax
 from absl import logging
 
-from pipeline import stdlib_bytes
-from pipeline import synthetic
+from pipeline import streams
 from trainer.config import Config
 from trainer.train_loop import StopFlag, run_steps
 
@@ -22,64 +21,37 @@ def init_processes(coordinator_address: str, num_processes: int, process_id: int
                                num_processes=num_processes, process_id=process_id)
 
 
-def prepare_tokenizer(config: Config):
-  """Process 0 builds the dataset and tokenizer if missing; the others wait
-  for it and then only read (no two processes write the same files)."""
+def prepare_data(config: Config):
+  """Process 0 builds a missing default store; the others wait for it and
+  then only read (no two processes write the same files)."""
   from jax.experimental import multihost_utils
-  from pipeline.prepare import prepare
 
-  tokenizer = None
+  vocab_size = config.model.vocab_size
   if jax.process_index() == 0:
-    tokenizer = prepare(config.data, config.model.vocab_size, build_if_missing=True)
+    streams.ensure_stores(config.data, vocab_size, build_if_missing=True)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("griffin: data prepared")
-  if tokenizer is None:
-    tokenizer = prepare(config.data, config.model.vocab_size, build_if_missing=False)
-  return tokenizer
+  streams.ensure_stores(config.data, vocab_size, build_if_missing=False)
 
 
 def make_tokenizer(config: Config):
-  """Text <-> ids for `config.data` (bytes for "stdlib_bytes", the ids
-  themselves for the synthetic tasks)."""
-  if config.data.dataset == "stdlib_bytes":
-    return stdlib_bytes.ByteTokenizer()
-  if config.data.dataset in synthetic.DATASETS:
-    synthetic.check_vocab(config.data.dataset, config.model.vocab_size)
-    return synthetic.IdTokenizer(config.data.dataset)
-  return prepare_tokenizer(config)
-
-
-def synthetic_batches(config: Config, split: str):
-  """A synthetic task's batches of `split` for this host, after checking that
-  the model's vocabulary is the task's."""
-  synthetic.check_vocab(config.data.dataset, config.model.vocab_size)
-  return synthetic.batches(config.data, split, jax.process_index(), jax.process_count())
+  """Text <-> ids for `config.data` (built first if missing)."""
+  prepare_data(config)
+  return streams.make_tokenizer(config.data, config.model.vocab_size)
 
 
 def make_train_iterator(config: Config):
-  """This host's training batches for `config.data` (resumable)."""
-  data = config.data
-  if data.dataset in synthetic.DATASETS:
-    return synthetic_batches(config, "train")
-  if data.dataset == "stdlib_bytes":
-    return stdlib_bytes.byte_batches("train", data.seq_len, data.global_batch_size,
-                                     data.shuffle_seed, jax.process_index(),
-                                     jax.process_count())
-  from pipeline.grain_pipeline import train_iterator
-  return train_iterator(data, prepare_tokenizer(config))
+  """This host's training batches for `config.data` (resumable anywhere)."""
+  prepare_data(config)
+  return streams.train_stream(config.data, config.model.vocab_size)
 
 
-def make_eval_iterator(config: Config, num_batches: int):
-  """This host's validation batches: deterministic, in order."""
-  data = config.data
-  if data.dataset in synthetic.DATASETS:
-    return synthetic_batches(config, "validation")
-  if data.dataset == "stdlib_bytes":
-    return stdlib_bytes.byte_batches("validation", data.seq_len, data.global_batch_size,
-                                     seed=None, process_index=jax.process_index(),
-                                     process_count=jax.process_count())
-  from pipeline.grain_pipeline import eval_batches
-  return iter(eval_batches(data, prepare_tokenizer(config), num_batches))
+def make_eval_iterator(config: Config, num_batches: int) -> dict:
+  """{source: this host's validation batches}: a fixed sample, the same
+  every call. `num_batches` is how many the caller takes."""
+  del num_batches  # the streams are endless; the scorer takes what it needs
+  prepare_data(config)
+  return streams.eval_streams(config.data, config.model.vocab_size)
 
 
 def train(config: Config, workdir: str, *, init_from: str = "", init_params_from: str = "",

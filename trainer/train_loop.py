@@ -18,7 +18,7 @@ from sharding.mesh import make_mesh
 from trainer.checkpoint import Checkpointer, check_step_dir, restore_params, restore_state
 from trainer import config as config_lib
 from trainer.config import Config, NonFinite
-from trainer.eval_lib import Scorer, summary
+from trainer.eval_lib import Scorer, score_sources, summary
 from trainer.metrics import MetricsWriter
 from trainer.optimizer import make_optimizer
 from trainer.state import TrainState, init_state, plan_state
@@ -207,11 +207,14 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
         jax.profiler.stop_trace()
         tracing = False
       if scorer and step % config.run.eval_every_steps == 0:
-        result = summary(*scorer(state.params, eval_data(), config.run.eval_steps,
-                                 config.data.seq_len))
+        sums, by_source = score_sources(scorer, state.params, eval_data(),
+                                        config.run.eval_steps, config.data.seq_len)
+        result = summary(*sums)
         writer.write_eval(step, {"eval_loss": result["loss"],
                                  "eval_perplexity": result["perplexity"],
-                                 "eval_accuracy": result["accuracy"]})
+                                 "eval_accuracy": result["accuracy"],
+                                 **{f"eval_loss_{name}": source["loss"]
+                                    for name, source in by_source.items()}})
       if step % config.checkpoint.save_every_steps == 0 or step == config.run.steps or stop:
         settle(pending)  # never checkpoint a state whose loss was not finite
         pending = None
