@@ -17,6 +17,7 @@ import sysconfig
 from collections.abc import Iterator
 
 from absl import logging
+from etils import epath
 
 _WILDCARDS = "*?["
 _LOGGED_PER_KIND = 5  # the first few of each kind name their file; the rest are counted
@@ -43,28 +44,43 @@ class ReadStats:
 
 
 def glob_root(pattern: str) -> str:
-  """The directory part of `pattern` before its first wildcard.
+  """The directory part of `pattern` before its first wildcard (local or gs://).
 
   Document keys are paths relative to it, so moving the corpus keeps the split.
   """
-  parts = pathlib.PurePath(os.path.expanduser(pattern)).parts
+  scheme, rest = ("gs://", pattern[len("gs://"):]) if is_remote(pattern) else (
+      "", os.path.expanduser(pattern))
   fixed = []
-  for part in parts[:-1]:
+  for part in rest.split("/")[:-1]:
     if any(c in part for c in _WILDCARDS):
       break
     fixed.append(part)
-  return str(pathlib.PurePath(*fixed)) if fixed else "."
+  root = "/".join(fixed)
+  return scheme + root if root or scheme else ("/" if rest.startswith("/") else ".")
+
+
+def is_remote(path: str) -> bool:
+  return path.startswith("gs://")
 
 
 def find_files(pattern: str, max_files: int = 0) -> list[str]:
-  """Sorted regular files matching `pattern` (`**` recurses); the first
+  """Sorted files matching `pattern`, local or gs:// (`**` recurses); the first
   `max_files` of them when it is > 0. No match is an error naming the glob."""
-  paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
-                 if os.path.isfile(p))
+  if is_remote(pattern):
+    import gcsfs  # etils' gs:// glob refuses `**`
+    fs = gcsfs.GCSFileSystem()
+    paths = sorted("gs://" + p for p in fs.glob(pattern) if fs.isfile(p))
+  else:
+    paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
+                   if os.path.isfile(p))
   if not paths:
     raise ValueError(f"data.files={pattern!r} matches no files; give a glob of "
                      "existing text or JSONL files, e.g. '/data/corpus/*.jsonl'.")
   return paths[:max_files] if max_files else paths
+
+
+def file_size(path: str) -> int:
+  return epath.Path(path).stat().length if is_remote(path) else os.path.getsize(path)
 
 
 def stdlib_files(max_files: int = 0) -> tuple[list[str], str]:
@@ -112,13 +128,12 @@ def read_documents(paths: list[str], root: str, split: str, file_format: str,
   Keys are `relative/path` (a text file) or `relative/path:line` (JSONL).
   """
   for path in paths:
-    key = os.path.relpath(path, root)
+    key = path[len(root) + 1:] if is_remote(path) else os.path.relpath(path, root)
     jsonl = is_jsonl(path, file_format)
     if not jsonl and split_of(key, validation_fraction) != split:
       continue  # decided by the path alone: do not even read it
     try:
-      with open(path, "rb") as f:
-        data = f.read()
+      data = epath.Path(path).read_bytes()
     except OSError as error:
       raise ValueError(f"cannot read {path!r} (matched by the glob): {error}") from error
     stats.files += 1

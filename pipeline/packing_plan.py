@@ -1,9 +1,9 @@
 """Which document pieces make row r of a split: a pure function of
 (document lengths, seq_len, seed, r), computed without reading any token.
 
-Epoch e orders the documents by a permutation seeded with (seed, e), and
-cuts that order into windows of WINDOW_DOCUMENTS documents. A window of S
-tokens fills exactly ceil(S / T) rows, so the first row of every window
+Epoch e orders the documents by a permutation seeded with (seed, e) and cuts
+that order into windows of about WINDOW_TOKENS tokens. A window of S tokens
+fills exactly ceil(S (1 + SLACK) / T) rows, so the first row of every window
 (and so of any row r) follows from the windows' token sums alone: one
 vectorised pass over the index, whatever the corpus size. Inside a window:
 
@@ -12,11 +12,12 @@ vectorised pass over the index, whatever the corpus size. Inside a window:
   2. the remainders and the short documents are packed first-fit decreasing
      into the window's other rows;
   3. the few that fit no row whole are cut into the gaps left (each part
-     restarts its positions at 0), so only the window's last row has padding;
+     restarts its positions at 0): SLACK makes them rare, and padding is
+     about SLACK (docs/data.md has both, measured);
   4. the window's rows are put in a seeded order.
 
-A window is planned only when one of its rows is read (a few ms). Source row
-i runs through epoch 0's rows, then epoch 1's (a new order), and so on.
+A window is planned only when one of its rows is read. Source row i runs
+through epoch 0's rows, then epoch 1's (a new order), and so on.
 """
 
 import bisect
@@ -24,7 +25,8 @@ import functools
 
 import numpy as np
 
-WINDOW_DOCUMENTS = 512  # documents packed together; padding < T per window
+WINDOW_TOKENS = 1 << 20  # packed together: a row's worth of rounding per million tokens
+SLACK = 0.01  # spare room per window, so that first-fit rarely has to cut a document
 _ORDER_TAG, _ROWS_TAG = 0x6F726472, 0x726F7773  # seed words of the two shuffles
 
 Piece = tuple[int, int, int]  # (document, first token, stop token)
@@ -38,9 +40,11 @@ class Epoch:
     n = len(lengths_N)
     rng = np.random.default_rng((_ORDER_TAG, seed, epoch))
     self.order_N = rng.permutation(n).astype(np.int32 if n < 2**31 else np.int64)
-    starts = np.arange(0, n, WINDOW_DOCUMENTS)
-    tokens_W = np.add.reduceat(lengths_N[self.order_N].astype(np.int64), starts)
-    rows_W = -(-tokens_W // seq_len)
+    ordered_N = lengths_N[self.order_N].astype(np.int64)
+    window_N = (np.cumsum(ordered_N) - ordered_N) // WINDOW_TOKENS  # by each one's first token
+    self.first_doc_W = np.flatnonzero(np.diff(window_N, prepend=-1))
+    tokens_W = np.add.reduceat(ordered_N, self.first_doc_W)
+    rows_W = np.ceil(tokens_W * (1 + SLACK) / seq_len).astype(np.int64)
     self.first_row_W = np.concatenate([[0], np.cumsum(rows_W)])
     self.num_rows = int(self.first_row_W[-1])
 
@@ -51,7 +55,8 @@ class Epoch:
 
   @functools.lru_cache(maxsize=4)
   def _window(self, w: int) -> list[list[Piece]]:
-    documents = self.order_N[w * WINDOW_DOCUMENTS:(w + 1) * WINDOW_DOCUMENTS]
+    stop = self.first_doc_W[w + 1] if w + 1 < len(self.first_doc_W) else len(self.order_N)
+    documents = self.order_N[self.first_doc_W[w]:stop]
     num_rows = int(self.first_row_W[w + 1] - self.first_row_W[w])
     rows = pack_window(documents, self.lengths_N[documents], self.seq_len, num_rows)
     order = np.random.default_rng((_ROWS_TAG, self.seed, self.epoch, w)).permutation(num_rows)

@@ -1,31 +1,25 @@
-"""DataConfig -> a prepared TFDS builder -> random-access ArrayRecord sources.
+"""Registered TFDS datasets as random-access sources for the token-store build.
 
-"stdlib" and "text_files" are this package's builders; any other name is looked
-up in the TFDS registry. A local data_dir is used as is. For a gs:// data_dir,
-TFDS metadata goes through etils paths, but the ArrayRecord C++ reader and
-writer only open local files (checked: writing a shard to gs:// fails with
-"open() failed", reading one hangs), so the dataset is built in a local mirror
-and uploaded, and read from a local mirror that is downloaded once; see
-`pipeline/gcs_mirror.py`.
+`data.dataset` names any dataset in the TFDS registry; TFDS downloads and
+prepares it as ArrayRecord in a local `data.data_dir` (ArrayRecord's reader
+opens local files only), and `pipeline/store_build.py` reads it by index
+ranges into a token store, which may live on gs://.
 """
 
 import logging as std_logging
 import os
+from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 from absl import logging
 
-from pipeline import gcs_mirror
-from pipeline import text_dataset
 from pipeline.config import DataConfig
 
 DEFAULT_DATA_DIR = "~/.cache/griffin/tfds"
-OWN_BUILDERS = {"stdlib": text_dataset.Stdlib, "text_files": text_dataset.TextFiles}
 
 
 class _NoCustomConfigWarning(std_logging.Filter):
-  """TFDS warns on each builder made from a config its class does not list;
-  ours are all made that way on purpose, once per source."""
+  """TFDS warns on each builder made from a config its class does not list."""
 
   def filter(self, record):
     return not record.getMessage().startswith("Using custom data configuration")
@@ -36,53 +30,32 @@ logging.get_absl_logger().addFilter(_NoCustomConfigWarning())
 
 def data_dir_of(config: DataConfig) -> str:
   """The TFDS data_dir: data.data_dir, or the default local cache."""
-  return config.data_dir or os.path.expanduser(DEFAULT_DATA_DIR)
-
-
-def make_builder(config: DataConfig, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-  """The (maybe unprepared) builder of `config.dataset` under `data_dir`."""
-  data_dir = data_dir or data_dir_of(config)
-  if config.dataset in OWN_BUILDERS:
-    return OWN_BUILDERS[config.dataset](
-        data_dir=data_dir, config=text_dataset.builder_config(config),
-        file_format="array_record")
-  try:
-    return tfds.builder(config.dataset, data_dir=data_dir, file_format="array_record")
-  except tfds.core.registered.DatasetNotFoundError as error:
-    raise ValueError(
-        f"data.dataset={config.dataset!r} is not a registered TFDS dataset (nor "
-        f"one of this package's {sorted(OWN_BUILDERS)}); check the spelling, or "
-        "import the module that defines it.") from error
+  return os.path.expanduser(config.data_dir or DEFAULT_DATA_DIR)
 
 
 def prepare(config: DataConfig, build_if_missing: bool = True) -> tfds.core.DatasetBuilder:
-  """The builder to read from, prepared (built once, then reused).
+  """The prepared builder of `config.dataset` (built once, then reused).
 
-  `build_if_missing=False` raises instead of building: several processes must
-  not build the same directory at once (see docs/data.md). Checks that the
-  text feature and both splits exist.
+  Checks that the text feature and both splits exist.
   """
   data_dir = data_dir_of(config)
-  remote = gcs_mirror.is_remote(data_dir)
-  local_root = gcs_mirror.local_dir(data_dir) if remote else data_dir
-  builder = make_builder(config, local_root)
-  published = str(make_builder(config, data_dir).data_dir) if remote else str(builder.data_dir)
-  if gcs_mirror.is_published(published):
-    if remote:
-      gcs_mirror.download(published, str(builder.data_dir))
-    logging.info("dataset %s: reusing %s", config.dataset, published)
-  elif not build_if_missing:
+  if data_dir.startswith("gs://"):
+    raise ValueError(f"data.data_dir={config.data_dir!r}: TFDS datasets are read from a "
+                     "local directory (ArrayRecord opens local files only); the token "
+                     "store built from it may be on gs:// (--store).")
+  try:
+    builder = tfds.builder(config.dataset, data_dir=data_dir, file_format="array_record")
+  except tfds.core.registered.DatasetNotFoundError as error:
     raise ValueError(
-        f"dataset {config.dataset!r} is not built in {published}; build it once "
-        "before starting several processes: python -m pipeline.train_tokenizer "
-        "--config=<the run's config file>")
-  else:
-    logging.info("dataset %s: building into %s", config.dataset, published)
+        f"data.dataset={config.dataset!r} is not a registered TFDS dataset (nor one of "
+        "stdlib, text_files, stdlib_bytes or the synthetic tasks); check the spelling, "
+        "or import the module that defines it.") from error
+  if not builder.is_prepared():
+    if not build_if_missing:
+      raise ValueError(f"TFDS dataset {config.dataset!r} is not prepared in {data_dir}.")
+    logging.info("dataset %s: preparing in %s", config.dataset, data_dir)
     builder.download_and_prepare()
-    if remote:
-      gcs_mirror.upload(str(builder.data_dir), published)
-  # Opened again so that info (splits, metadata) is read from the prepared files.
-  builder = make_builder(config, local_root)
+    builder = tfds.builder(config.dataset, data_dir=data_dir, file_format="array_record")
   _check(builder, config)
   return builder
 
@@ -102,10 +75,25 @@ def _check(builder: tfds.core.DatasetBuilder, config: DataConfig):
 
 def data_source(config: DataConfig, split: str, build_if_missing: bool = True):
   """Random access to one split: `len`, `[i]` and batched `__getitems__`."""
-  builder = prepare(config, build_if_missing)
-  return builder.as_data_source(split)
+  return prepare(config, build_if_missing).as_data_source(split)
 
 
-def published_dir(config: DataConfig) -> str:
-  """The prepared dataset's directory where data.data_dir says (maybe gs://)."""
-  return str(make_builder(config).data_dir)
+def texts(config: DataConfig, split: str, stats, start: int = 0,
+          stop: int | None = None) -> Iterator[tuple[int, str]]:
+  """(index, text) of the non-empty records [start, stop) of a split, in stored
+  order (batched reads: single ArrayRecord reads are slow on big files); the
+  empty ones are counted in `stats` (a documents.ReadStats)."""
+  from pipeline import documents
+  source = data_source(config, split, build_if_missing=False)
+  stop = len(source) if stop is None else stop
+  step = 256
+  for first in range(start, stop, step):
+    indices = range(first, min(first + step, stop))
+    for index, record in zip(indices, source.__getitems__(indices)):
+      text, where = record[config.text_feature], f"{config.dataset}/{split}[{index}]"
+      text = documents.decode(text, where, stats) if isinstance(text, bytes) else str(text)
+      if text.strip():
+        stats.documents += 1
+        yield index, text
+      else:
+        stats.note("empty_skipped", where, "empty document skipped")

@@ -1,7 +1,7 @@
 """Byte-level rows from the running interpreter's standard library sources.
 
-A stand-in for the smoke run until the Grain pipeline (SentencePiece, packing,
-TFDS/ArrayRecord) lands: no download, deterministic, and real text.
+Real text with no tokenizer and nothing to build: the row source of the tests
+and the tiny configs (`data.dataset="stdlib_bytes"`, vocabulary 256).
 """
 
 import pathlib
@@ -37,36 +37,6 @@ def byte_rows(split: str, seq_len: int, max_bytes: int = 2_000_000) -> np.ndarra
     if total >= max_bytes:
       break
   return np.concatenate(chunks).astype(np.int32)
-
-
-def byte_batches(split: str, seq_len: int, global_batch_size: int, seed: int | None,
-                 process_index: int = 0, process_count: int = 1, max_bytes: int = 2_000_000):
-  """A resumable Grain iterator of this host's rows of each global batch.
-
-  `seed=None` keeps file order (evaluation). Global batch k is the same whatever the process count (shuffled rows
-  k*B..(k+1)*B-1); host i takes rows i*B/n..(i+1)*B/n-1 of it, so 1 host x 8
-  devices and 2 hosts x 4 devices train on identical batches. Each row is one
-  document: segment_pos = 0..T-1.
-  """
-  import grain  # local: the byte rows themselves do not need Grain
-
-  if global_batch_size % process_count:
-    raise ValueError(f"data.global_batch_size={global_batch_size} is not divisible by "
-                     f"the process count {process_count}")
-  per_host = global_batch_size // process_count
-  rows_NT = byte_rows(split, seq_len, max_bytes)
-  segment_pos_T = np.arange(seq_len, dtype=np.int32)
-
-  def host_rows(batch_BT):
-    rows_bT = batch_BT[process_index * per_host:(process_index + 1) * per_host]
-    return {"tokens": rows_bT,
-            "segment_pos": np.broadcast_to(segment_pos_T, rows_bT.shape).copy()}
-
-  dataset = grain.MapDataset.source(rows_NT)
-  if seed is not None:  # None: in order (evaluation)
-    dataset = dataset.shuffle(seed=seed)
-  dataset = dataset.repeat().batch(global_batch_size, drop_remainder=True).map(host_rows)
-  return iter(dataset.to_iter_dataset())
 
 
 class ByteTokenizer:

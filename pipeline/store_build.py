@@ -53,9 +53,6 @@ def build_store(data: DataConfig, store_dir: str, vocab_size: int, *, workers: i
     raise ValueError(f"workers={workers} must be >= 1 (DirectRunner processes).")
   if num_shards < 0:
     raise ValueError(f"num_shards={num_shards} must be >= 0 (0: one per ~256 MB).")
-  if data.files.startswith("gs://"):
-    raise ValueError(f"data.files={data.files!r}: documents.find_files reads local "
-                     "globs only; copy the files to a local disk.")
   if bad := [s for s in (data.train_split, data.eval_split) if not _SPLIT_NAME.fullmatch(s)]:
     raise ValueError(f"split(s) {bad} cannot name shard files: give whole splits "
                      "named with [A-Za-z0-9_.-] only.")
@@ -112,7 +109,7 @@ def _plan(data: DataConfig) -> tuple:
     read_as = data.file_format, data.jsonl_field
   reader = _FileReader(root, *read_as, data.validation_fraction,
                        {"train": data.train_split, "validation": data.eval_split})
-  return reader, paths, -(-sum(map(os.path.getsize, paths)) // BYTES_PER_SHARD)
+  return reader, paths, -(-sum(map(documents.file_size, paths)) // BYTES_PER_SHARD)
 
 
 def _reuse(data: DataConfig, store_dir: str, source: dict, vocab_size: int) -> dict:
@@ -183,28 +180,19 @@ class _TfdsReader:
   key is its index, zero-padded so that keys sort like indices."""
 
   def __init__(self, data: DataConfig):
-    self.data, self._sources = data, {}
+    self.data = data
     self.splits = list(dict.fromkeys([data.train_split, data.eval_split]))
 
   def documents(self, unit, stats: dict) -> Iterator[tuple[str, str, str]]:
     from pipeline import sources
     split, start, stop = unit
-    if split not in self._sources:  # once per worker process
-      self._sources[split] = sources.data_source(self.data, split, build_if_missing=False)
-    records = self._sources[split].__getitems__(range(start, stop))
-    for index, record in zip(range(start, stop), records):
-      text, where = record[self.data.text_feature], f"{self.data.dataset}/{split}[{index}]"
-      text = documents.decode(text, where, stats[split]) if isinstance(text, bytes) else str(text)
-      if text.strip():
-        stats[split].documents += 1
-        yield split, f"{index:012d}", text
-      else:
-        stats[split].note("empty_skipped", where, "empty document skipped")
+    for index, text in sources.texts(self.data, split, stats[split], start, stop):
+      yield split, f"{index:012d}", text
 
   def train_texts(self, units, stats) -> Iterator[str]:
-    del units, stats  # the whole split, as stored
-    from pipeline import prepare
-    return prepare.corpus_texts(self.data, self.data.train_split)
+    del units  # the whole split, as stored
+    from pipeline import sources
+    return (text for _, text in sources.texts(self.data, self.data.train_split, stats))
 
 
 class _ReadAndTokenize(beam.DoFn):

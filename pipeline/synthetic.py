@@ -1,10 +1,9 @@
 """The paper's synthetic tasks (§6.2, App. H) as built-in datasets.
 
 Every row is one document (segment_pos 0..T-1) of `data.seq_len` tokens,
-generated from (seed, split, row index) alone: any batch can be rebuilt, the
-Grain iterator resumes from its position, and global batch k holds the same
-rows whatever the process count (host i takes its slice of rows). Rows carry
-a `loss_mask` that is 1 only at the answer tokens, the ones the task scores.
+generated from (seed, split, row index) alone: a row source of the one
+index-based pipeline (pipeline/row_sources.py). Rows carry a `loss_mask`
+that is 1 only at the answer tokens, the ones the task scores.
 
 Data tokens are ids 0..15 (`DATA_VOCAB`); the special tokens follow them.
 
@@ -126,51 +125,6 @@ def rows_at(dataset: str, split: str, seq_len: int, seed: int, indices_N) -> dic
           "segment_pos": np.broadcast_to(np.arange(seq_len, dtype=np.int32),
                                          tokens_NT.shape).copy(),
           "loss_mask": np.stack(masks)}
-
-
-class _HostBatches:
-  """Random access to this host's slice of every global batch: a Grain
-  source whose index is the global batch number."""
-
-  def __init__(self, dataset, split, seq_len, seed, global_batch_size, process_index,
-               process_count):
-    self.args = (dataset, split, seq_len, seed)
-    self.per_host = global_batch_size // process_count
-    self.offset = process_index * self.per_host
-    self.global_batch_size = global_batch_size
-
-  def __len__(self):
-    return 2**40  # endless in practice; Grain needs a length
-
-  def __getitem__(self, batch_index: int) -> dict:
-    start = batch_index * self.global_batch_size + self.offset
-    return rows(*self.args, start, self.per_host)
-
-
-def batches(config, split: str, process_index: int = 0, process_count: int = 1):
-  """A resumable Grain iterator of this host's batches of `split`.
-
-  `config` is a `DataConfig` naming a synthetic dataset. Train rows come from
-  `config.shuffle_seed`; validation rows are the same for every seed. Global
-  batch k is rows k*B..(k+1)*B-1 whatever the process count; host i takes
-  rows i*B/n..(i+1)*B/n-1 of it, so any host count trains on identical
-  batches. A restore into another pipeline (dataset, seq_len, seed, batch,
-  host count) is refused by `HostIterator`.
-  """
-  import grain  # local: the rows themselves do not need Grain
-  from pipeline.host_iterator import HostIterator
-
-  check(config.dataset, config.seq_len)
-  if config.global_batch_size % process_count:
-    raise ValueError(f"data.global_batch_size={config.global_batch_size} is not divisible by "
-                     f"the {process_count} processes (hosts); use a multiple of {process_count}.")
-  source = _HostBatches(config.dataset, split, config.seq_len, config.shuffle_seed,
-                        config.global_batch_size, process_index, process_count)
-  # One thread builds the next two batches while the step runs; Grain's
-  # default (16 threads, 500 batches ahead) would fight the step for the cores.
-  options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
-  inner = iter(grain.MapDataset.source(source).to_iter_dataset(options))
-  return HostIterator(inner, config, process_index, process_count, VOCAB_SIZE[config.dataset])
 
 
 class IdTokenizer:

@@ -41,6 +41,8 @@ import pytest  # noqa: E402
 #   bucket creation still writes it at once (rare, and a bucket lost by a stop
 #   that could not save the index would fail every later test on the bucket).
 # - an upload without a body stores an empty object (the stock one fails);
+# - listings honour startOffset/endOffset (the stock one ignores them, so a
+#   tensorstore listing of one directory returned the whole bucket);
 # And fault injection: while the file GCS_FAULT_FILE holds "<HTTP status>
 # [<text>]", every write (POST, PUT, PATCH, DELETE) whose URL, unquoted,
 # contains <text> (any write without one) is answered with that status.
@@ -49,6 +51,7 @@ import http, json, os, sys
 from http import server as http_server
 from urllib.parse import unquote
 from gcp_storage_emulator import server, storage
+from gcp_storage_emulator.handlers import objects
 
 http_server.HTTPServer.request_queue_size = 1024
 save_index = storage.Storage._write_config_to_file
@@ -67,6 +70,28 @@ data_of = server.Request.data.fget
 # An empty object (an empty store shard) arrives without a body: None, which
 # the upload handler cannot measure; real GCS stores zero bytes.
 server.Request.data = property(lambda self: data_of(self) or b"")
+ls = objects.ls
+
+
+def ls_in_range(request, response, storage, *args, **kwargs):
+  # tensorstore lists a directory as the key range [startOffset, endOffset).
+  start = (request.query.get("startOffset") or [""])[0]
+  end = (request.query.get("endOffset") or [None])[0]
+  send = response.json
+
+  def in_range(listing):
+    listing["items"] = [item for item in listing.get("items") or []
+                        if item["name"] >= start and (end is None or item["name"] < end)]
+    send(listing)
+
+  response.json = in_range
+  return ls(request, response, storage, *args, **kwargs)
+
+
+for _, methods in server.HANDLERS:
+  for method, handle in list(methods.items()):
+    if handle is ls:
+      methods[method] = ls_in_range
 fault_file = os.environ["GCS_FAULT_FILE"]
 
 

@@ -1,24 +1,19 @@
-"""TFDS builders (text files, JSONL, the stdlib corpus, registered datasets),
-the deterministic split, and bad input."""
+"""Documents from files (text, JSONL, the stdlib), the deterministic split, bad
+input, config errors, and a registered TFDS dataset built into a token store."""
 
-import dataclasses
 import logging
 import shutil
-from unittest import mock
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from pipeline import grain_pipeline
-from pipeline import packing
-from pipeline import prepare as prepare_lib
-from pipeline import sources
-from pipeline import text_dataset
+from pipeline import documents
+from pipeline import token_store
 from pipeline.config import DataConfig
-from pipeline.documents import split_of
-from pipeline.tokenizer import train_tokenizer
-from tests.test_pipeline_fixtures import metadata, small_stdlib, write_jsonl
+from pipeline.documents import ReadStats, split_of
+from pipeline.store_build import build_store
+from pipeline.tokenizer import save_tokenizer, train_tokenizer
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 
@@ -31,24 +26,23 @@ def _corpus(directory, n_text=12, n_lines=30):
     path.parent.mkdir(parents=True, exist_ok=True)
     texts.append(f"document {i}\n    " + " ".join(WORDS[i % 5:]) * (i + 1))
     path.write_text(texts[-1])
-  lines = [{"text": f"line {i}: " + " ".join(WORDS[: i % 12 + 1]), "id": i}
+  lines = [f'{{"text": "line {i}: {" ".join(WORDS[: i % 12 + 1])}", "id": {i}}}'
            for i in range(n_lines)]
-  write_jsonl(directory / "a" / "lines.jsonl", lines)
-  return texts + [r["text"] for r in lines]
+  (directory / "a" / "lines.jsonl").write_text("\n".join(lines) + "\n")
+  return texts + [f"line {i}: " + " ".join(WORDS[: i % 12 + 1]) for i in range(n_lines)]
 
 
-def _texts_and_keys(config):
-  builder = sources.prepare(config)
-  return {split: {r["key"].decode(): r["text"].decode()
-                  for r in builder.as_data_source(split)}
+def _read(glob, fraction, stats=None):
+  """{split: {key: text}} of the files matching `glob`."""
+  paths, root = documents.find_files(glob), documents.glob_root(glob)
+  return {split: dict(documents.read_documents(paths, root, split, "auto", "text", fraction,
+                                               stats or ReadStats()))
           for split in ("train", "validation")}
 
 
-def test_text_and_jsonl_files_build_both_splits(tmp_path):
+def test_text_and_jsonl_files_give_both_splits(tmp_path):
   texts = _corpus(tmp_path / "corpus")
-  config = DataConfig(dataset="text_files", files=str(tmp_path / "corpus/**/*.*"),
-                      data_dir=str(tmp_path / "tfds"), validation_fraction=0.3)
-  built = _texts_and_keys(config)
+  built = _read(str(tmp_path / "corpus/**/*.*"), 0.3)
   assert built["train"] and built["validation"]
   assert not set(built["train"]) & set(built["validation"])
   assert sorted(t for s in built.values() for t in s.values()) == sorted(texts)
@@ -60,11 +54,7 @@ def test_text_and_jsonl_files_build_both_splits(tmp_path):
 def test_split_follows_the_keys_not_the_location(tmp_path):
   _corpus(tmp_path / "one")
   shutil.copytree(tmp_path / "one", tmp_path / "two")
-  splits = [_texts_and_keys(DataConfig(
-      dataset="text_files", files=str(tmp_path / name / "**/*.*"),
-      data_dir=str(tmp_path / "tfds"), validation_fraction=0.3))
-            for name in ("one", "two")]
-  assert splits[0] == splits[1]
+  assert _read(str(tmp_path / "one/**/*.*"), 0.3) == _read(str(tmp_path / "two/**/*.*"), 0.3)
 
 
 def test_bad_input_is_skipped_or_repaired_counted_and_logged(tmp_path, caplog):
@@ -76,17 +66,13 @@ def test_bad_input_is_skipped_or_repaired_counted_and_logged(tmp_path, caplog):
   (corpus / "a/lines.jsonl").write_bytes(b"\n".join([
       b'{"text": "a good line"}', b"", b"not json", b'{"other": "x"}',
       b'{"text": ""}', b'{"text": 5}', b'{"text": "bad \xff byte"}']))
-  config = DataConfig(dataset="text_files", files=str(corpus / "**/*.*"),
-                      data_dir=str(tmp_path / "tfds"), validation_fraction=0.4)
+  stats = ReadStats()
   with caplog.at_level(logging.WARNING):
-    built = _texts_and_keys(config)
-  counts = metadata(config)
-  total = {name: sum(counts[s][name] for s in ("train", "validation"))
-           for name in counts["train"]}
-  assert total["empty_skipped"] == 3  # empty.txt, blank.txt, the empty line text
-  assert total["bad_lines_skipped"] == 3  # not JSON, no "text", a number
-  assert total["invalid_utf8_replaced"] == 2
-  assert total["documents"] == 6 + 1 + 2
+    built = _read(str(corpus / "**/*.*"), 0.4, stats)
+  assert stats.empty_skipped == 3  # empty.txt, blank.txt, the empty line text
+  assert stats.bad_lines_skipped == 3  # not JSON, no "text", a number
+  assert stats.invalid_utf8_replaced == 2
+  assert stats.documents == 6 + 1 + 2
   texts = {t for s in built.values() for t in s.values()}
   assert "caf\ufffd au lait" in texts and "bad \ufffd byte" in texts
   for where in ("latin1.txt", "empty.txt", "lines.jsonl:3"):
@@ -94,28 +80,15 @@ def test_bad_input_is_skipped_or_repaired_counted_and_logged(tmp_path, caplog):
 
 
 def test_a_glob_without_files_names_the_glob(tmp_path):
-  config = DataConfig(dataset="text_files", files=str(tmp_path / "none/*.txt"),
-                      data_dir=str(tmp_path / "tfds"))
   with pytest.raises(ValueError, match="none/\\*.txt.*matches no files"):
-    sources.prepare(config)
+    documents.find_files(str(tmp_path / "none/*.txt"))
 
 
-def test_a_split_without_documents_is_an_error(tmp_path):
-  (tmp_path / "only.txt").write_text("one document")  # lands in train
-  config = DataConfig(dataset="text_files", files=str(tmp_path / "*.txt"),
-                      data_dir=str(tmp_path / "tfds"), validation_fraction=0.01)
-  with pytest.raises(ValueError, match="validation split of text_files .* no documents"):
-    sources.prepare(config)
-
-
-def test_unknown_dataset_feature_or_split_is_named(tmp_path_factory):
-  config, _ = small_stdlib(tmp_path_factory)
-  with pytest.raises(ValueError, match="'no_such_corpus_xyz' is not a registered"):
-    sources.prepare(dataclasses.replace(config, dataset="no_such_corpus_xyz"))
-  with pytest.raises(ValueError, match="'content' is not a feature.*'key', 'text'"):
-    sources.prepare(dataclasses.replace(config, text_feature="content"))
-  with pytest.raises(ValueError, match="'test' is not a split.*'train', 'validation'"):
-    sources.prepare(dataclasses.replace(config, eval_split="test"))
+def test_the_default_corpus_leaves_out_tests_and_site_packages():
+  paths, root = documents.stdlib_files()
+  assert len(paths) > 600
+  assert not [p for p in paths if {"test", "tests", "site-packages"}
+              & set(p[len(root):].split("/"))]
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -125,6 +98,9 @@ def test_unknown_dataset_feature_or_split_is_named(tmp_path_factory):
     ({"validation_fraction": 1.0}, "data.validation_fraction=1.0 must be"),
     ({"seq_len": 1}, "data.seq_len=1 must be >= 2"),
     ({"max_files": -1}, "data.max_files=-1 must be an integer >= 0"),
+    ({"stores": "a=/x,a=/y"}, "entry 'a=/y' needs a unique name"),
+    ({"stores": "a=/x", "mixture": "a:-1"}, "weight of 'a' is '-1'"),
+    ({"stores": "a=/x,b=/y", "mixture": "a:1"}, r"gives no weight to \['b'\]"),
 ])
 def test_config_errors_name_the_field(overrides, match):
   with pytest.raises(ValueError, match=match):
@@ -135,7 +111,7 @@ class TinyRegisteredCorpus(tfds.core.GeneratorBasedBuilder):
   """A registered TFDS dataset with its text in a feature named "body"."""
 
   VERSION = tfds.core.Version("1.0.0")
-  code_path = None  # see pipeline/text_dataset.py
+  code_path = None  # a builder defined outside a package
 
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
@@ -150,35 +126,22 @@ class TinyRegisteredCorpus(tfds.core.GeneratorBasedBuilder):
       yield i, {"body": body, "label": i}
 
 
-def test_a_registered_tfds_dataset_is_read_by_name_and_feature(tmp_path, caplog):
+def test_a_registered_tfds_dataset_builds_a_store_by_name_and_feature(tmp_path):
+  tokenizer = train_tokenizer([" ".join(WORDS) + f" number {i}" for i in range(200)], 300)
+  save_tokenizer(tokenizer, str(tmp_path / "t.model"))
   config = DataConfig(dataset="tiny_registered_corpus", text_feature="body",
-                      data_dir=str(tmp_path), seq_len=16, global_batch_size=2)
-  texts = list(prepare_lib.corpus_texts(config, "train"))
-  tokenizer = train_tokenizer(texts * 5, vocab_size=300)
-  with caplog.at_level(logging.INFO):
-    rows = list(grain_pipeline.packed_rows(config, tokenizer, "train", shuffle=True,
-                                           process_index=0, process_count=1,
-                                           num_epochs=1))
-  bos_count = sum(int((r["tokens"][r["segment_pos"] == 0] == tokenizer.bos_id).sum())
-                  for r in rows)
-  assert bos_count == 36  # 40 documents, 4 empty ones skipped
-  assert "'empty_skipped'" in caplog.text  # the skips are logged ...
-  reader = packing.ReadAndTokenize(sources.data_source(config, "train"), "body",
-                                   tokenizer)
-  assert len(reader(np.arange(40))) == 36
-  assert reader.counts.values["empty_skipped"] == 4  # ... and counted
-
-
-def test_default_corpus_builds_once_without_tests_and_trains_8k_bpe(tmp_path):
-  config = DataConfig(data_dir=str(tmp_path))  # the whole stdlib
-  builder = sources.prepare(config)
-  train, valid = (builder.info.splits[s].num_examples for s in ("train", "validation"))
-  assert train > 400 and 0.05 < valid / (train + valid) < 0.15
-  keys = [r["key"].decode() for r in builder.as_data_source("validation")]
-  assert not [k for k in keys if {"test", "tests", "site-packages"} & set(k.split("/"))]
-  with mock.patch.object(text_dataset.Stdlib, "_split_generators",
-                         side_effect=AssertionError("rebuilt")):
-    tokenizer = prepare_lib.prepare(config, 8192)  # reuses the dataset
-  assert tokenizer.vocab_size == 8192
-  code = "def f(x):\n\tif x:\n        return 'é漢\\x00'\n"
-  assert tokenizer.decode(tokenizer.encode_batch([code])[0]) == code
+                      data_dir=str(tmp_path / "tfds"), tokenizer=str(tmp_path / "t.model"))
+  manifest = build_store(config, str(tmp_path / "store"), 300)
+  assert manifest["splits"]["train"]["documents"] == 36  # 40, 4 empty ones skipped
+  assert manifest["counts"]["train"]["empty_skipped"] == 4
+  split = token_store.open_split(str(tmp_path / "store"), manifest, "validation")
+  first = split.read([(0, 0, int(split.lengths_N[0]))])[0]
+  assert first[0] == tokenizer.bos_id and first[-1] == tokenizer.eos_id
+  assert tokenizer.decode(first[1:-1]) == " ".join(WORDS) + " number 0"
+  with pytest.raises(ValueError, match="'content' is not a feature.*'body', 'label'"):
+    build_store(DataConfig(dataset="tiny_registered_corpus", text_feature="content",
+                           data_dir=str(tmp_path / "tfds"), tokenizer=config.tokenizer),
+                str(tmp_path / "other"), 300)
+  with pytest.raises(ValueError, match="'no_such_corpus_xyz' is not a registered"):
+    build_store(DataConfig(dataset="no_such_corpus_xyz", data_dir=str(tmp_path)),
+                str(tmp_path / "x"), 300)

@@ -1,45 +1,35 @@
-"""SentencePiece: the default tokenizer beside the data, any other .model, the
-vocabulary check, and what a multi-process run refuses to build."""
+"""SentencePiece: any .model file, the vocabulary check, text kept exactly, and
+the store that a multi-process run refuses to build."""
 
-import dataclasses
 import pickle
 
 import pytest
 
-from pipeline import prepare as prepare_lib
+from pipeline import documents
+from pipeline import streams
 from pipeline.config import DataConfig
-from pipeline.tokenizer import check_vocab, load_tokenizer
-from tests.test_pipeline_fixtures import SMALL_VOCAB, small_stdlib
+from pipeline.tokenizer import check_vocab, load_tokenizer, save_tokenizer, train_tokenizer
+
+VOCAB = 512
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
-  return small_stdlib(tmp_path_factory)
+def tokenizer():
+  paths, _ = documents.stdlib_files(20)
+  return train_tokenizer((open(p).read() for p in paths), VOCAB)
 
 
-def test_default_tokenizer_lies_beside_the_data_and_is_reused(small):
-  config, tokenizer = small
-  path = prepare_lib.default_tokenizer_path(config, SMALL_VOCAB)
-  assert tokenizer.path == path and path.startswith(config.data_dir)
-  again = prepare_lib.prepare(config, SMALL_VOCAB, build_if_missing=False)
-  assert again.model_proto == tokenizer.model_proto
-  assert prepare_lib.train_command(config, SMALL_VOCAB) == path  # exists: kept
+def test_a_model_file_round_trips(tokenizer, tmp_path):
+  path = str(tmp_path / "mine.model")
+  save_tokenizer(tokenizer, path)
+  loaded = load_tokenizer(path)
+  assert loaded.path == path and loaded.model_proto == tokenizer.model_proto
 
 
-def test_an_explicit_model_file_is_used_instead(small, tmp_path):
-  config, tokenizer = small
-  other = tmp_path / "mine.model"
-  other.write_bytes(tokenizer.model_proto)
-  loaded = prepare_lib.prepare(dataclasses.replace(config, tokenizer=str(other)),
-                               SMALL_VOCAB)
-  assert loaded.path == str(other) and loaded.vocab_size == SMALL_VOCAB
-
-
-def test_vocab_mismatch_names_both_sizes(small):
-  _, tokenizer = small
+def test_vocab_mismatch_names_both_sizes(tokenizer):
   with pytest.raises(ValueError, match="model.vocab_size=8192 does not match .* 512"):
     check_vocab(tokenizer, 8192)
-  check_vocab(tokenizer, SMALL_VOCAB)
+  check_vocab(tokenizer, VOCAB)
 
 
 def test_missing_or_broken_model_files_are_named(tmp_path):
@@ -51,8 +41,7 @@ def test_missing_or_broken_model_files_are_named(tmp_path):
     load_tokenizer(str(broken))
 
 
-def test_tokenizer_pickles_for_workers_and_keeps_text_exact(small):
-  _, tokenizer = small
+def test_tokenizer_pickles_for_workers_and_keeps_text_exact(tokenizer):
   copy = pickle.loads(pickle.dumps(tokenizer))
   text = "class A:\n    def f(self):\n\t\treturn 'ß'  # two spaces\n"
   ids = copy.encode_batch([text])[0]
@@ -60,10 +49,7 @@ def test_tokenizer_pickles_for_workers_and_keeps_text_exact(small):
   assert copy.decode(ids) == text
 
 
-def test_several_processes_refuse_to_build(small, tmp_path):
-  config, _ = small
-  with pytest.raises(ValueError, match="spm_bpe1024.model; train it once"):
-    prepare_lib.prepare(config, 1024, build_if_missing=False)
-  fresh = DataConfig(data_dir=str(tmp_path), max_files=5)
-  with pytest.raises(ValueError, match="not built in .*python -m pipeline.train_tokenizer"):
-    prepare_lib.prepare(fresh, 1024, build_if_missing=False)
+def test_processes_that_must_not_build_name_the_command(tmp_path):
+  config = DataConfig(data_dir=str(tmp_path), max_files=5)
+  with pytest.raises(ValueError, match="does not exist .*python -m pipeline.prepare_store"):
+    streams.ensure_stores(config, 1024, build_if_missing=False)

@@ -180,7 +180,7 @@ def test_jsonl_bad_lines_are_counted_per_split(built, tmp_path):
   assert sum(counts[s]["empty_skipped"] for s in SPLITS) == 2  # "  ", empty.jsonl
 
 
-def test_bad_input(built, tmp_path):
+def test_bad_input(built, gcs_bucket, tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
   for i in range(5):
@@ -206,6 +206,31 @@ def test_bad_input(built, tmp_path):
     build_store(built.data, str(tmp_path / "s4"), VOCAB, workers=0)
   with pytest.raises(ValueError, match="num_shards=-1 must be >= 0"):
     build_store(built.data, str(tmp_path / "s4"), VOCAB, num_shards=-1)
-  with pytest.raises(ValueError, match="reads local globs only"):
-    build_store(DataConfig(dataset="text_files", files="gs://b/*.txt"), str(tmp_path / "s4"),
-                VOCAB)
+  with pytest.raises(ValueError, match=r"gs://.*/none/\*.txt' matches no files"):
+    build_store(DataConfig(dataset="text_files", files=f"{gcs_bucket}/none/*.txt"),
+                str(tmp_path / "s4"), VOCAB)
+
+
+def test_a_corpus_on_gcs_builds_the_same_store_as_its_local_copy(built, gcs_bucket, tmp_path):
+  """What a Dataflow job does: workers read the files from gs:// themselves."""
+  from etils import epath
+  lines = [json.dumps({"text": f"def g{i}(y):\n  return y * {i}\n"}) for i in range(30)]
+  corpus = {"a.jsonl": "\n".join(lines[:20]), "sub/b.jsonl": "\n".join(lines[20:]),
+            "c.txt": "print('one text document')\n"}
+  for name, text in corpus.items():
+    for root in (epath.Path(f"{gcs_bucket}/corpus"), epath.Path(tmp_path / "corpus")):
+      (root / name).parent.mkdir(parents=True, exist_ok=True)
+      (root / name).write_text(text)
+  tokenizer = token_store.tokenizer_path(built.store, built.manifest)
+  stores = {}
+  for where, files in (("gcs", f"{gcs_bucket}/corpus/**/*.*"),
+                       ("local", str(tmp_path / "corpus/**/*.*"))):
+    data = DataConfig(dataset="text_files", files=files, validation_fraction=0.3,
+                      tokenizer=tokenizer)
+    stores[where] = f"{gcs_bucket}/built_{where}" if where == "gcs" else str(tmp_path / where)
+    build_store(data, stores[where], VOCAB, num_shards=2)
+  remote, local = _files(stores["gcs"]), _files(stores["local"])
+  assert remote.keys() == local.keys()
+  assert {k: v for k, v in remote.items() if k != token_store.MANIFEST} == {
+      k: v for k, v in local.items() if k != token_store.MANIFEST}
+  assert json.loads(remote[token_store.MANIFEST])["splits"]["train"]["documents"] > 15

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pipeline import streams
 from pipeline import synthetic
 from pipeline.config import DataConfig
 from trainer.eval_lib import evaluate
@@ -71,8 +72,9 @@ def test_induction_heads_layout():
 @pytest.mark.parametrize("dataset", [COPYING, INDUCTION])
 def test_hosts_split_identical_global_batches(dataset):
   config = data_config(dataset)
-  one = synthetic.batches(config, "train")
-  two = [synthetic.batches(config, "train", i, 2) for i in range(2)]
+  vocab = synthetic.VOCAB_SIZE[dataset]
+  one = streams.train_stream(config, vocab, 0, 1)
+  two = [streams.train_stream(config, vocab, i, 2) for i in range(2)]
   for _ in range(3):
     whole = next(one)
     halves = [next(it) for it in two]
@@ -82,18 +84,19 @@ def test_hosts_split_identical_global_batches(dataset):
 
 def test_the_iterator_resumes_exactly_and_refuses_another_pipeline():
   config = data_config(INDUCTION)
-  straight = synthetic.batches(config, "train")
+  vocab = synthetic.VOCAB_SIZE[INDUCTION]
+  straight = streams.train_stream(config, vocab, 0, 1)
   expected = [next(straight)["tokens"] for _ in range(5)]
-  first = synthetic.batches(config, "train")
+  first = streams.train_stream(config, vocab, 0, 1)
   for _ in range(3):
     next(first)
   state = json.loads(json.dumps(first.get_state()))  # as saved to disk
-  resumed = synthetic.batches(config, "train")
+  resumed = streams.train_stream(config, vocab, 0, 1)
   resumed.set_state(state)
   np.testing.assert_array_equal(next(resumed)["tokens"], expected[3])
   np.testing.assert_array_equal(next(resumed)["tokens"], expected[4])
-  other = synthetic.batches(dataclasses.replace(config, seq_len=32), "train")
-  with pytest.raises(ValueError, match="seq_len=64 and this run has seq_len=32"):
+  other = streams.train_stream(dataclasses.replace(config, seq_len=32), vocab, 0, 1)
+  with pytest.raises(ValueError, match="data.seq_len=64 and this run has data.seq_len=32"):
     other.set_state(state)
 
 
