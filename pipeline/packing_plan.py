@@ -38,12 +38,21 @@ class Epoch:
   def __init__(self, lengths_N: np.ndarray, seq_len: int, seed: int, epoch: int):
     self.lengths_N, self.seq_len, self.seed, self.epoch = lengths_N, seq_len, seed, epoch
     n = len(lengths_N)
-    rng = np.random.default_rng((_ORDER_TAG, seed, epoch))
-    self.order_N = rng.permutation(n).astype(np.int32 if n < 2**31 else np.int64)
-    ordered_N = lengths_N[self.order_N].astype(np.int64)
-    window_N = (np.cumsum(ordered_N) - ordered_N) // WINDOW_TOKENS  # by each one's first token
-    self.first_doc_W = np.flatnonzero(np.diff(window_N, prepend=-1))
-    tokens_W = np.add.reduceat(ordered_N, self.first_doc_W)
+    # Shuffled in place, as Generator.permutation(n) would (the same order) but
+    # without its int64 copy: this order is the one per-document array an
+    # epoch keeps beside the index.
+    self.order_N = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+    np.random.default_rng((_ORDER_TAG, seed, epoch)).shuffle(self.order_N)
+    ordered_N = lengths_N[self.order_N]
+    start_N = np.cumsum(ordered_N, dtype=np.int64)
+    start_N -= ordered_N
+    start_N //= WINDOW_TOKENS  # each document's window: that of its first token
+    first_N = np.empty(n, bool)
+    first_N[:1] = True
+    np.not_equal(start_N[1:], start_N[:-1], out=first_N[1:])
+    del start_N
+    self.first_doc_W = np.flatnonzero(first_N)
+    tokens_W = np.add.reduceat(ordered_N, self.first_doc_W, dtype=np.int64)
     rows_W = np.ceil(tokens_W * (1 + SLACK) / seq_len).astype(np.int64)
     self.first_row_W = np.concatenate([[0], np.cumsum(rows_W)])
     self.num_rows = int(self.first_row_W[-1])

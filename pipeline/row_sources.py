@@ -35,6 +35,9 @@ class StoreRows:
     digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     self.identity = {"store_sha256": digest[:16], "split": split}
 
+  def rows_per_epoch(self) -> int:
+    return self.plan.epoch(0).num_rows
+
   def rows(self, indices_N: np.ndarray) -> dict[str, np.ndarray]:
     plans = [self.plan.row(int(i)) for i in indices_N]
     tokens = iter(self.split.read([piece for plan in plans for piece in plan]))

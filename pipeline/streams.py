@@ -66,7 +66,11 @@ def make_tokenizer(config: DataConfig, vocab_size: int):
   if config.dataset == BYTES and not config.stores:
     tokenizer_lib.check_vocab(stdlib_bytes.ByteTokenizer(), vocab_size)
     return stdlib_bytes.ByteTokenizer()
-  tokenizer = tokenizer_lib.load_tokenizer(check_stores(config, vocab_size))
+  if config.tokenizer and not config.stores:  # sampling, an imported model: no store
+    path = config.tokenizer
+  else:
+    path = check_stores(config, vocab_size)
+  tokenizer = tokenizer_lib.load_tokenizer(path)
   tokenizer_lib.check_vocab(tokenizer, vocab_size)
   return tokenizer
 
@@ -132,14 +136,25 @@ def train_stream(config: DataConfig, vocab_size: int, process_index: int | None 
       process_count=process_count, worker_count=config.worker_count)
 
 
-def eval_streams(config: DataConfig, vocab_size: int, process_index: int | None = None,
+def eval_streams(config: DataConfig, vocab_size: int, num_batches: int,
+                 process_index: int | None = None,
                  process_count: int | None = None) -> dict[str, row_stream.DataStream]:
   """{source: this host's validation batches}: the first rows of a fixed
-  shuffle of the whole split (the same sample for every run and host count)."""
+  shuffle of the whole split (the same sample for every run and host count).
+  A store whose split holds fewer than `num_batches` global batches is an
+  error rather than a sample that repeats documents."""
   process_index, process_count = process_slot(process_index, process_count)
   check_hosts(config, process_count)
   seed = None if config.dataset == BYTES and not config.stores else EVAL_SEED
   sources = open_sources(config, vocab_size, config.eval_split, seed)
+  for name, source in sources.items():
+    rows = getattr(source, "rows_per_epoch", None)
+    if rows is not None and rows() < num_batches * config.global_batch_size:
+      raise ValueError(
+          f"the {config.eval_split!r} split of source {name!r} holds {rows()} rows of "
+          f"data.seq_len={config.seq_len}, fewer than the {num_batches} batches x "
+          f"{config.global_batch_size} rows asked for; ask for fewer eval batches, or a "
+          "shorter data.seq_len or data.global_batch_size.")
   return {name: row_stream.DataStream(
       {name: source}, {name: 1.0}, global_batch_size=config.global_batch_size,
       seq_len=config.seq_len, seed=EVAL_SEED, process_index=process_index,

@@ -124,16 +124,15 @@ def check_tokenizer(directory: str, manifest: dict, fingerprint: str, vocab_size
 class Split:
   """Random access to one split's documents: lengths in memory, tokens on storage.
 
-  Memory is the index alone: 4 bytes (length) + 8 bytes (start) + 4 bytes
-  (shard) per document. Pickles without its open store (a Grain worker
-  process opens its own).
+  Memory is the index alone: 4 bytes (length) + 8 bytes (first token) per
+  document. Pickles without its open store (a Grain worker opens its own).
   """
 
   def __init__(self, directory: str, name: str, shards: tuple[str, ...],
-               lengths_N: np.ndarray, starts_N: np.ndarray, shard_of_N: np.ndarray,
+               lengths_N: np.ndarray, starts_N: np.ndarray, first_doc_S: np.ndarray,
                dtype: np.dtype):
     self.directory, self.name, self.shards, self.dtype = directory, name, shards, dtype
-    self.lengths_N, self.starts_N, self.shard_of_N = lengths_N, starts_N, shard_of_N
+    self.lengths_N, self.starts_N, self.first_doc_S = lengths_N, starts_N, first_doc_S
     self._kv = None
 
   def __getstate__(self):
@@ -148,12 +147,13 @@ class Split:
     if self._kv is None:
       self._kv = kvstore(self.directory)
     size = self.dtype.itemsize
+    shard_P = np.searchsorted(self.first_doc_S, [d for d, _, _ in pieces], side="right") - 1
     with ts.Batch() as batch:
-      futures = [self._kv.read(self.shards[self.shard_of_N[d]] + ".tokens",
+      futures = [self._kv.read(self.shards[s] + ".tokens",
                                byte_range=slice(int(self.starts_N[d] + a) * size,
                                                 int(self.starts_N[d] + b) * size),
                                batch=batch)
-                 for d, a, b in pieces]
+                 for s, (d, a, b) in zip(shard_P.tolist(), pieces)]
     return [np.frombuffer(f.result().value, self.dtype).astype(np.int32) for f in futures]
 
 
@@ -165,19 +165,23 @@ def open_split(directory: str, manifest: dict, split: str) -> Split:
   shards = [s["name"] for s in manifest["splits"][split]["shards"]]
   store = kvstore(directory)
   futures = [store.read(name + ".lengths") for name in shards]
-  lengths = []
-  for name, shard, future in zip(shards, manifest["splits"][split]["shards"], futures):
-    result = future.result()
+  counts_S = [shard["documents"] for shard in manifest["splits"][split]["shards"]]
+  first_doc_S = np.concatenate([[0], np.cumsum(counts_S, dtype=np.int64)])
+  if not first_doc_S[-1]:
+    raise ValueError(f"data store {directory}: split {split!r} has no documents.")
+  # Filled shard by shard: the index is the only per-document memory a host holds.
+  lengths_N = np.empty(first_doc_S[-1], np.int32)
+  starts_N = np.empty(first_doc_S[-1], np.int64)
+  for s, name in enumerate(shards):
+    result, futures[s] = futures[s].result(), None  # hold one shard's bytes at a time
     lengths_n = np.frombuffer(result.value, "<i4")
-    if result.state == "missing" or len(lengths_n) != shard["documents"]:
+    if result.state == "missing" or len(lengths_n) != counts_S[s]:
       raise ValueError(f"data store {directory}: {name}.lengths is missing or holds "
                        f"{len(lengths_n)} documents where {MANIFEST} says "
-                       f"{shard['documents']}; the store is damaged, build it again.")
-    lengths.append(lengths_n)
-  lengths_N = np.concatenate(lengths).astype(np.int32) if lengths else np.zeros(0, np.int32)
-  if not len(lengths_N):
-    raise ValueError(f"data store {directory}: split {split!r} has no documents.")
-  starts = [np.cumsum(n, dtype=np.int64) - n for n in lengths]
-  shard_of = [np.full(len(n), i, np.int32) for i, n in enumerate(lengths)]
-  return Split(directory, split, tuple(shards), lengths_N, np.concatenate(starts),
-               np.concatenate(shard_of), np.dtype(manifest["dtype"]))
+                       f"{counts_S[s]}; the store is damaged, build it again.")
+    where = slice(first_doc_S[s], first_doc_S[s + 1])
+    lengths_N[where] = lengths_n
+    np.cumsum(lengths_n, dtype=np.int64, out=starts_N[where])
+    starts_N[where] -= lengths_n
+  return Split(directory, split, tuple(shards), lengths_N, starts_N, first_doc_S[:-1],
+               np.dtype(manifest["dtype"]))

@@ -144,8 +144,11 @@ class GcsEmulator:
     self.data_dir = data_dir
     self.fault_file = os.path.join(data_dir, "fault")
     self.url = f"http://127.0.0.1:{self.port}"
+    # A fixed token: without one tensorstore looks for credentials, the GCE
+    # metadata server included (a network lookup the tests must not make).
     self.env = {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url,
-                "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+                "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+                "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator"}
     self.process = None
 
   def start(self) -> "GcsEmulator":
@@ -195,9 +198,8 @@ def gcs_emulator(tmp_path_factory):
   """One GCS emulator for the session, its variables set in this process;
   the same gs:// code path as production, no network. Tests that inject
   faults or stop it must heal and restart it (see `healthy_gcs`)."""
-  saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL",
-                                           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")}
   emulator = GcsEmulator(str(tmp_path_factory.mktemp("gcs"))).start()
+  saved = {k: os.environ.get(k) for k in emulator.env}
   os.environ.update(emulator.env)
   try:
     yield emulator

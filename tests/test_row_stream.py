@@ -47,7 +47,7 @@ def stores(tmp_path_factory):
   docs = {}
   for name, scale in (("web", 20), ("code", 60)):
     lengths = {"train": (rng.exponential(scale, 300) + 3).astype(int),
-               "validation": (rng.exponential(scale, 40) + 3).astype(int)}
+               "validation": (rng.exponential(scale, 150) + 3).astype(int)}
     docs[name] = write_store(str(root / name), lengths, seed=len(name))
   return {name: str(root / name) for name in docs}, docs
 
@@ -223,10 +223,20 @@ def test_a_store_on_gcs_is_read_without_local_copies(stores, gcs_bucket, tmp_pat
 def test_validation_sample_is_fixed_and_spread_over_the_split(stores):
   paths, docs = stores
   config = config_for({"web": paths["web"]})
-  (first,) = streams.eval_streams(config, VOCAB, 0, 1).values()
+  (first,) = streams.eval_streams(config, VOCAB, 2, 0, 1).values()
   (again,) = streams.eval_streams(dataclasses.replace(config, shuffle_seed=9), VOCAB,
-                                  0, 1).values()
-  assert_same(take(first, 2), take(again, 2))
+                                  2, 0, 1).values()
+  batches = take(first, 2)
+  assert_same(batches, take(again, 2))
+  # Rows 0..15 of the plan: documents from all over the split, not its first ones.
+  first_tokens = {tuple(d[:4]) for d in docs["web"]["validation"]}
+  starts = {tuple(b["tokens"][r, :4]) for b in batches for r in range(8)
+            if b["segment_pos"][r, 0] == 0 and tuple(b["tokens"][r, :4]) in first_tokens}
+  where = sorted(i for i, d in enumerate(docs["web"]["validation"]) if tuple(d[:4]) in starts)
+  assert where and where[-1] > len(docs["web"]["validation"]) // 2
+  with pytest.raises(ValueError, match=r"holds \d+ rows of data.seq_len=64, fewer than the "
+                     r"1000 batches x 8 rows"):
+    streams.eval_streams(config, VOCAB, 1000, 0, 1)
 
 
 def test_changes_that_alter_rows_are_refused_by_name(stores):

@@ -213,17 +213,19 @@ def _logged_losses(workdir):
 
 
 def _run(workdir, processes, steps, tmp_path):
-  """The real command on `processes` processes sharing 8 CPU devices."""
+  """The real command on `processes` processes sharing 8 CPU devices; runs of
+  the same program share compiled steps through a persistent XLA cache."""
   command = _train_command(workdir, "--config.mesh.ici_fsdp=2", steps=steps)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   if processes == 1:
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     subprocess.run(command, env=env, cwd=ROOT, check=True, capture_output=True)
-  else:
+    else:
     subprocess.run([sys.executable, "-m", "launch.local", f"--num_processes={processes}",
                     f"--devices_per_process={8 // processes}",
                     f"--log_dir={tmp_path / 'logs' / os.path.basename(workdir)}", "--",
-                    *command], cwd=ROOT, check=True)
+                    *command], env=env, cwd=ROOT, check=True)
 
 
 def test_entry_point_pinned_losses_and_any_process_count_resumes_it(tmp_path):

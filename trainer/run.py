@@ -35,8 +35,10 @@ def prepare_data(config: Config):
 
 
 def make_tokenizer(config: Config):
-  """Text <-> ids for `config.data` (built first if missing)."""
-  prepare_data(config)
+  """Text <-> ids for `config.data` (its store built first if missing, unless
+  data.tokenizer names the tokenizer itself)."""
+  if not config.data.tokenizer:
+    prepare_data(config)
   return streams.make_tokenizer(config.data, config.model.vocab_size)
 
 
@@ -48,10 +50,9 @@ def make_train_iterator(config: Config):
 
 def make_eval_iterator(config: Config, num_batches: int) -> dict:
   """{source: this host's validation batches}: a fixed sample, the same
-  every call. `num_batches` is how many the caller takes."""
-  del num_batches  # the streams are endless; the scorer takes what it needs
+  every call; `num_batches` of them are taken."""
   prepare_data(config)
-  return streams.eval_streams(config.data, config.model.vocab_size)
+  return streams.eval_streams(config.data, config.model.vocab_size, num_batches)
 
 
 def train(config: Config, workdir: str, *, init_from: str = "", init_params_from: str = "",
