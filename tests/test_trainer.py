@@ -221,7 +221,7 @@ def _run(workdir, processes, steps, tmp_path):
   if processes == 1:
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     subprocess.run(command, env=env, cwd=ROOT, check=True, capture_output=True)
-    else:
+  else:
     subprocess.run([sys.executable, "-m", "launch.local", f"--num_processes={processes}",
                     f"--devices_per_process={8 // processes}",
                     f"--log_dir={tmp_path / 'logs' / os.path.basename(workdir)}", "--",
@@ -247,3 +247,6 @@ def test_entry_point_pinned_losses_and_any_process_count_resumes_it(tmp_path):
   assert len(reference) == 5
   for resumed in (two, two_to_four):
     np.testing.assert_allclose(_logged_losses(resumed), reference, rtol=1e-6)
+  position = {w: json.loads(open(os.path.join(w, "checkpoints", "5", "data", "metadata")).read())
+              for w in (one, two, two_to_four)}
+  assert position[one]["rows"] == 5 * 8 and position[two] == position[two_to_four] == position[one]
