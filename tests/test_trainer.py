@@ -212,9 +212,9 @@ def _logged_losses(workdir):
     return [json.loads(line)["loss"] for line in f]
 
 
-def _run(workdir, processes, steps, tmp_path):
-  """The real command on `processes` processes sharing 8 CPU devices; runs of
-  the same program share compiled steps through a persistent XLA cache."""
+def _run(workdir, processes, steps, tmp_path, devices=8):
+  """The real command on `processes` processes sharing `devices` CPU devices;
+  runs of the same program share compiled steps through a persistent XLA cache."""
   command = _train_command(workdir, "--config.mesh.ici_fsdp=2", steps=steps)
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
@@ -223,15 +223,28 @@ def _run(workdir, processes, steps, tmp_path):
     subprocess.run(command, env=env, cwd=ROOT, check=True, capture_output=True)
   else:
     subprocess.run([sys.executable, "-m", "launch.local", f"--num_processes={processes}",
-                    f"--devices_per_process={8 // processes}",
+                    f"--devices_per_process={devices // processes}",
                     f"--log_dir={tmp_path / 'logs' / os.path.basename(workdir)}", "--",
                     *command], env=env, cwd=ROOT, check=True)
 
 
+def _resume_in_process(workdir, steps):
+  """What `_run(workdir, 1, steps)` does, in this process (its 8 devices): the
+  same config (configs/smoke.py under OVERRIDES), without a second JAX start."""
+  from configs import smoke
+  from trainer.run import make_train_iterator
+  cd = smoke.get_config()
+  for key, value in {**OVERRIDES, "run.steps": steps, "mesh.ici_fsdp": 2}.items():
+    section, field = key.split(".")
+    cd[section][field] = value
+  config = config_lib.build(cd)
+  run_steps(config, workdir, make_train_iterator(config))
+
+
 def test_entry_point_pinned_losses_and_any_process_count_resumes_it(tmp_path):
   """1 process x 8 devices, 2 processes x 4: the same 3 steps. Then the
-  2-process checkpoint resumes on 1 and on 4 processes (no --init_from) to
-  step 5, exactly as the 1-process run resumes itself."""
+  2-process checkpoint resumes on 1 process and on 4 (of one device each; no
+  --init_from) to step 5, exactly as the 1-process run resumes itself."""
   one, two, two_to_four = (str(tmp_path / name) for name in ("one", "two", "two_to_four"))
   _run(one, 1, 3, tmp_path)
   # If a change is meant to alter numerics, update from the failure message.
@@ -240,9 +253,9 @@ def test_entry_point_pinned_losses_and_any_process_count_resumes_it(tmp_path):
   # gloo's cross-process sums round differently from in-process ones.
   np.testing.assert_allclose(_logged_losses(two), _logged_losses(one), rtol=1e-6)
   shutil.copytree(two, two_to_four)
-  _run(one, 1, 5, tmp_path)
-  _run(two, 1, 5, tmp_path)
-  _run(two_to_four, 4, 5, tmp_path)
+  _resume_in_process(one, 5)
+  _resume_in_process(two, 5)  # one process now
+  _run(two_to_four, 4, 5, tmp_path, devices=4)  # 4 processes of 1 device: cheaper to start
   reference = _logged_losses(one)
   assert len(reference) == 5
   for resumed in (two, two_to_four):
