@@ -37,8 +37,8 @@ Targets (the issue): >= 1M real tokens/s a process from local disk (the worst
 local worker_count=0 row); first batch < 5 s at 10^7 documents; memory not
 growing with the corpus beyond the index: RSS growth from the smallest to the
 largest scale <= 20 B per added document now (index 12 + order 4, and a
-quarter for the allocator); the peak adds the 16 B of temporaries that build
-an epoch's order (<= 36 B).
+quarter for the allocator); the peak, which adds the temporaries that build
+an epoch's order, is reported without a target.
 """
 
 import json
@@ -249,7 +249,7 @@ def compare_clients(remote: str, local: str) -> list[dict]:
   reads, size = (300 if _QUICK.value else 2000), split.dtype.itemsize
   documents_K = np.random.default_rng(3).integers(0, split.num_documents, reads + 50)
   pieces = [(int(d), 0, int(split.lengths_N[d])) for d in documents_K]
-  paths = [f"{remote[len('gs://'):]}/{split.shards[split.shard_of_N[d]]}.tokens"
+  paths = [f"{remote[len('gs://'):]}/{split.shards[split.shard_of(d)]}.tokens"
            for d in documents_K]
   starts = [int(split.starts_N[d]) * size for d in documents_K]
   stops = [int(split.starts_N[d] + split.lengths_N[d]) * size for d in documents_K]
@@ -301,14 +301,16 @@ def verdicts(read_rows: list[dict], scale_rows: list[dict]):
                  "verdict": ("met" if high["first batch s"] < 5 else "not met")
                             if high["documents"] >= 10**7 else "not measured at 10^7"})
   # The index (12 B) and the epoch's order (4 B) per document are what a host
-  # needs; 20 B leaves a quarter for the allocator. The peak adds the 16 B of
-  # temporaries that build the order once an epoch: reported, not a target.
-  for name, limit in (("now", 20), ("peak", 36)) if len(scale_rows) > 1 else ():
+  # needs; 20 B leaves a quarter for the allocator. The peak adds the
+  # temporaries that build the order once an epoch: reported, no target.
+  for name in ("now", "peak") if len(scale_rows) > 1 else ():
     grown = high[f"{name} above baseline MiB"] - low[f"{name} above baseline MiB"]
     per_document = grown * 2**20 / (high["documents"] - low["documents"])
-    rows.append({"target": f"RSS {name}: growth <= {limit} B/document",
+    rows.append({"target": ("RSS now: growth <= 20 B/document" if name == "now"
+                            else "RSS peak growth (transient)"),
                  "measured": f"{per_document:.1f} B/document",
-                 "verdict": "met" if per_document <= limit else "not met"})
+                 "verdict": ("met" if per_document <= 20 else "not met") if name == "now"
+                            else "-"})
   if rows:
     print("\n### targets\n")
     print(table(rows))

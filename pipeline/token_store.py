@@ -142,12 +142,16 @@ class Split:
   def num_documents(self) -> int:
     return len(self.lengths_N)
 
+  def shard_of(self, documents_N) -> np.ndarray:
+    """The shard holding each document (empty shards hold none)."""
+    return np.searchsorted(self.first_doc_S, documents_N, side="right") - 1
+
   def read(self, pieces: list[tuple[int, int, int]]) -> list[np.ndarray]:
     """The tokens of each (document, start, stop) piece, one batched read."""
     if self._kv is None:
       self._kv = kvstore(self.directory)
     size = self.dtype.itemsize
-    shard_P = np.searchsorted(self.first_doc_S, [d for d, _, _ in pieces], side="right") - 1
+    shard_P = self.shard_of([d for d, _, _ in pieces])
     with ts.Batch() as batch:
       futures = [self._kv.read(self.shards[s] + ".tokens",
                                byte_range=slice(int(self.starts_N[d] + a) * size,
