@@ -26,9 +26,8 @@ FIELDS = ("tokens", "segment_pos", "loss_mask")
 class StoreRows:
   """Packed rows of one split of a token store (see packing_plan)."""
 
-  def __init__(self, directory: str, split: str, seq_len: int, seed: int,
-               manifest: dict | None = None):
-    manifest = manifest or token_store.read_manifest(directory)
+  def __init__(self, directory: str, split: str, seq_len: int, seed: int):
+    manifest = token_store.read_manifest(directory)
     self.split = token_store.open_split(directory, manifest, split)
     self.plan = packing_plan.SplitRows(self.split.lengths_N, seq_len, seed)
     self.seq_len = seq_len
