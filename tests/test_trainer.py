@@ -22,9 +22,10 @@ OVERRIDES = {"data.dataset": "stdlib_bytes", "model.vocab_size": 256, "data.seq_
              "checkpoint.save_every_steps": 3}
 
 
-def make_config(base=None, **overrides):
-  """`base` (this file's OVERRIDES if None) and `overrides` over the defaults."""
-  cd = config_lib.defaults()
+def make_config(base=None, defaults=None, **overrides):
+  """`base` (this file's OVERRIDES if None) and `overrides` over `defaults`
+  (a ConfigDict; `config_lib.defaults()` if None)."""
+  cd = config_lib.defaults() if defaults is None else defaults
   for key, value in {**(OVERRIDES if base is None else base), **overrides}.items():
     section, field = key.split(".")
     cd[section][field] = value
@@ -233,11 +234,7 @@ def _resume_in_process(workdir, steps):
   same config (configs/smoke.py under OVERRIDES), without a second JAX start."""
   from configs import smoke
   from trainer.run import make_train_iterator
-  cd = smoke.get_config()
-  for key, value in {**OVERRIDES, "run.steps": steps, "mesh.ici_fsdp": 2}.items():
-    section, field = key.split(".")
-    cd[section][field] = value
-  config = config_lib.build(cd)
+  config = make_config(defaults=smoke.get_config(), **{"run.steps": steps, "mesh.ici_fsdp": 2})
   run_steps(config, workdir, make_train_iterator(config))
 
 

@@ -64,7 +64,9 @@ def train(config: Config, workdir: str, *, init_from: str = "", init_params_from
   history = run_steps(config, workdir, make_train_iterator(config), init_from=init_from,
                       init_params_from=init_params_from, stop=StopFlag().install(),
                       profile_steps=profile_steps,
-                      eval_data=lambda: make_eval_iterator(config, config.run.eval_steps))
+                      # make_train_iterator prepared the data: no barrier per evaluation.
+                      eval_data=lambda: streams.eval_streams(config.data, config.model.vocab_size,
+                                                             config.run.eval_steps))
   if history:
     print(f"trained to step {history[-1]['step']}: loss {history[-1]['loss']:.4f}")
   return history
