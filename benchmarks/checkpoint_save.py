@@ -4,16 +4,19 @@ Command, from the repository root (about 2.5 minutes on a shared 2-core CPU):
   python -m benchmarks.checkpoint_save --preset=griffin-100m --seq_len=128 \
       --batch=8 --saves=3
 
-The real train state (f32 params + AdamW moments, `plan_state`/`init_state` on
-a 1-device CPU mesh) is stepped with `TrainStep` on random tokens
-(segment_pos = arange). step s = median of the timed steps after 1 warmup.
+The trainer's program (`trainer.program.build_program` of the trainer's
+default Config with the --preset model and a --batch x --seq_len batch, on
+one CPU device): its fresh state (f32 params + AdamW moments) is stepped with
+its `TrainStep` (all-ones loss mask, the clipped and scheduled AdamW) on
+random tokens (segment_pos = arange). step s = median of the timed steps after
+1 warmup.
 Each of --saves async saves (`Checkpointer`, CheckpointConfig defaults,
 async_save=True) is timed twice: "blocking" = how long `save()` holds the
 caller, "commit" = from the call until `wait()` returns (nothing overlaps);
 one train step runs between saves. Then one more async save is followed at once
 by a train step, timed while the save is still writing ("step s, save in
 flight"), and one synchronous save (async_save=False) in a fresh workdir.
-data_iterator=None; config_json is a small dict.
+data_iterator=None; config_json is the run's config (`trainer.config.to_dict`).
 """
 
 import argparse
@@ -24,16 +27,15 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from benchmarks.timing import one_device_program, step_config
 from model import presets
 from sharding import rules
-from sharding.config import MeshConfig
-from sharding.mesh import make_mesh
+from trainer import config as config_lib
 from trainer.checkpoint import Checkpointer
-from trainer.config import CheckpointConfig, OptimizerConfig
-from trainer.optimizer import make_optimizer
-from trainer.state import init_state, plan_state
-from trainer.train_step import TrainStep
+from trainer.config import CheckpointConfig
+from trainer.train_step import device_batch
 
 jax.config.update("jax_platforms", "cpu")  # the local CPU device (no TPU probing)
 
@@ -58,23 +60,20 @@ def timed(fn, *args):
 def main(argv=None):
   args = parse_args(argv)
   workdir = args.workdir or tempfile.mkdtemp(prefix="ckpt_bench_")
-  mesh = make_mesh(MeshConfig(ici_data=1), jax.devices()[:1])
-  model_config = presets.get(args.preset)
-  optimizer = make_optimizer(OptimizerConfig(), total_steps=1000)
-  setup = plan_state(model_config, optimizer, mesh)
-  state = init_state(model_config, optimizer, setup, seed=0)
+  config = step_config(presets.get(args.preset), args.batch, args.seq_len)
+  program = one_device_program(config)
+  state = program.init_state(config)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
 
-  row = rules.batch_sharding(mesh)
-  tokens = jax.device_put(jax.random.randint(
-      jax.random.key(1), (args.batch, args.seq_len), 0, model_config.vocab_size, jnp.int32), row)
-  pos = jax.device_put(jnp.broadcast_to(jnp.arange(args.seq_len, dtype=jnp.int32),
-                                        (args.batch, args.seq_len)), row)
-  train_step = TrainStep(setup, optimizer, mesh)
+  tokens_BT = jax.random.randint(jax.random.key(1), (args.batch, args.seq_len), 0,
+                                 config.model.vocab_size, jnp.int32)
+  pos_BT = np.broadcast_to(np.arange(args.seq_len, dtype=np.int32), tokens_BT.shape)
+  batch = device_batch(rules.batch_sharding(program.mesh),
+                       {"tokens": np.asarray(tokens_BT), "segment_pos": pos_BT})
 
   def step(state):
-    return jax.block_until_ready(train_step(state, tokens, pos)[0])
+    return jax.block_until_ready(program.train_step(state, *batch)[0])
 
   state, compile_s = timed(step, state)
   step_times = []
@@ -83,7 +82,7 @@ def main(argv=None):
     step_times.append(seconds)
   step_s = statistics.median(step_times)
 
-  config_json = {"benchmark": "checkpoint_save", "preset": args.preset}
+  config_json = config_lib.to_dict(config)
   checkpointer = Checkpointer(workdir, CheckpointConfig(async_save=True))
   blocking, commit = [], []
   for _ in range(args.saves):

@@ -4,12 +4,14 @@ alone at its own shape, everything else free.
 Command, from the repository root (about a minute on 2 cores):
   python -m benchmarks.matmul_bound --configs=A,B
 
-The step is this project's training step of benchmarks/train_step.py (same
-shapes A and B, f32, linear scan) without remat, so each matmul is counted
-once: the forward, and the two products of its backward. The script traces
-value_and_grad of the trainer's loss to a jaxpr and collects every
-dot_general in it, descending into scans (times their length), remat and
-custom-VJP bodies. Each distinct (shapes, contraction, dtype) is then jitted
+The step is the model part of the trainer's training step that
+benchmarks/train_step.py times (same shapes A and B, f32, linear scan)
+without remat, so each matmul is counted once: the forward, and the two
+products of its backward. The script traces value_and_grad of the trainer's
+loss to a jaxpr and collects every dot_general in it, descending into scans
+(times their length), remat and custom-VJP bodies. The rest of the trainer's
+step (the loss mask, clipping, the AdamW update) has no matmuls, so these are
+all of its matmuls. Each distinct (shapes, contraction, dtype) is then jitted
 alone and timed (median of --repeats after a warmup), on inputs in the layout
 the jaxpr asks for.
 

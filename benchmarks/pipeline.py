@@ -6,6 +6,9 @@ CPU, ~1 GB of disk under $TMPDIR for the 10^7-document store; logs to stderr):
   python -m benchmarks.pipeline --quick               # smoke run, about 1 minute
   python -m benchmarks.pipeline --parts=scale --scale_docs=100000,1000000
 
+This module is the entry point and the prepare part; the read and scale parts
+and their one-measurement child processes are benchmarks/pipeline_read.py.
+
 prepare: `store_build.build_store` of --prepare_docs JSONL documents (40-4000
 characters, log-uniform, of stdlib lines) in --prepare_files files (a file is
 Beam's work unit), dataset text_files, 10% validation, with a --vocab_size BPE
@@ -18,7 +21,7 @@ read: `streams.train_stream` (one host, --seq_len, --batch rows) on stores of
 random ids written with token_store (16 shards): "short" documents of Exp(40)
 + 3 tokens (~47 ranged reads a row at T=2048), "long" ones of 12-1200 tokens,
 log-uniform (about the prepare corpus), a tenth as many. gcs: the same store
-on a local GCS emulator (tests/conftest.py GcsEmulator, loopback; one Python
+on a local GCS emulator (tests/gcs_emulator.py GcsEmulator, loopback; one Python
 thread that reads the whole object for every ranged GET, so its rows measure
 the emulator, not the client or GCS). Each row is a fresh process: first s
 = train_stream() to the first batch, then batches for --seconds; tokens/s
@@ -42,17 +45,16 @@ an epoch's order, is reported without a target.
 """
 
 import json
-import math
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
-import numpy as np
 from absl import app, flags, logging
+
+from benchmarks.pipeline_read import Sizes, read_part, scale_part, table
 
 _PARTS = flags.DEFINE_list("parts", ["prepare", "read", "scale"], "prepare, read, scale.")
 _QUICK = flags.DEFINE_bool("quick", False, "Small sizes everywhere: a smoke run.")
@@ -68,93 +70,9 @@ _SCALE_DOCS = flags.DEFINE_list("scale_docs", ["100000", "1000000", "10000000"],
 _SCALE_BATCHES = flags.DEFINE_integer("scale_batches", 50, "Batches after the first.")
 _WORK_DIR = flags.DEFINE_string("work_dir", "", "Keep data here (stores found are "
                                 "reused); default: a temporary directory, removed.")
-_CHILD = flags.DEFINE_string("child", "", "Internal: one measurement, as JSON.")
 
-SHARDS = 16
 QUICK = dict(prepare_docs=2000, read_docs=20_000, seconds=3.0, scale_docs=["10000", "100000"],
              scale_batches=10)
-
-
-def table(rows: list[dict]) -> str:
-  """Markdown, a column per key of the first row; floats >= 100 as integers."""
-  cell = lambda v: (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}") if isinstance(
-      v, float) else f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
-  lines = ["| " + " | ".join(rows[0]) + " |", "|---" + "|---:" * (len(rows[0]) - 1) + "|"]
-  return "\n".join([*lines, *("| " + " | ".join(map(cell, r.values())) + " |" for r in rows)])
-
-
-def rss_mib(field: str = "VmHWM") -> float:
-  """This process's peak (VmHWM) or current (VmRSS) resident memory. Not
-  getrusage's ru_maxrss: Linux carries into it the RSS of the process that
-  forked this one (344 MiB for a child of this benchmark, 199 fresh)."""
-  with open("/proc/self/status") as f:
-    return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
-
-
-def child(spec: dict):
-  """One measurement in this (fresh) process, printed as a JSON line."""
-  from pipeline import streams
-  from pipeline.config import DataConfig
-  out = {}
-  if spec["stores"]:
-    config = DataConfig(stores=spec["stores"], seq_len=spec["seq_len"],
-                        global_batch_size=spec["batch"], worker_count=spec["workers"])
-    start = time.perf_counter()
-    stream = streams.train_stream(config, spec["vocab"], 0, 1)
-    next(stream)
-    out.update(first_s=time.perf_counter() - start, rss_first=rss_mib())
-    tokens = real = batches = 0
-    start = time.perf_counter()
-    while batches < spec["batches"] or time.perf_counter() - start < spec["seconds"]:
-      tokens_BT = next(stream)["tokens"]
-      tokens, real = tokens + tokens_BT.size, real + int(np.count_nonzero(tokens_BT))
-      batches += 1
-    out.update(seconds=time.perf_counter() - start, tokens=tokens, real=real, batches=batches)
-    stream.close()
-  out.update(rss_peak=rss_mib(), rss_now=rss_mib("VmRSS"))
-  print(json.dumps(out), flush=True)
-
-
-def run_child(stores: str = "", workers: int = 0, seconds: float = 0, batches: int = 0) -> dict:
-  spec = dict(stores=stores, workers=workers, seconds=seconds, batches=batches,
-              vocab=_VOCAB.value, seq_len=_SEQ_LEN.value, batch=_BATCH.value)
-  done = subprocess.run(
-      [sys.executable, "-m", "benchmarks.pipeline", "--child=" + json.dumps(spec)],
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-      stdout=subprocess.PIPE, text=True, check=True)
-  return json.loads(done.stdout.splitlines()[-1])
-
-
-def write_store(directory: str, lengths_N: np.ndarray, seed: int) -> int:
-  """A train split of random ids (4..vocab) of these lengths, as the build
-  writes it (a complete one is reused); returns its tokens."""
-  from pipeline import token_store
-  try:
-    return token_store.read_manifest(directory)["splits"]["train"]["tokens"]
-  except ValueError:
-    pass
-  rng, shards = np.random.default_rng(seed), []
-  for i in range(SHARDS):
-    lengths_n = lengths_N[i::SHARDS]
-    tokens = rng.integers(4, _VOCAB.value, int(lengths_n.sum()),
-                          dtype=token_store.token_dtype(_VOCAB.value))
-    documents = np.split(tokens, np.cumsum(lengths_n)[:-1])
-    counts = token_store.write_shard(directory, "train", i, SHARDS, documents, _VOCAB.value)
-    shards.append({"name": token_store.shard_name("train", i, SHARDS), **counts})
-  tokens = sum(s["tokens"] for s in shards)
-  token_store.write_manifest(directory, {
-      "source": {"dataset": "random", "seed": seed}, "counts": {},
-      "tokenizer": {"path": "", "sha256": "0" * 64, "vocab_size": _VOCAB.value,
-                    "bos_id": 2, "eos_id": 1},
-      "dtype": token_store.token_dtype(_VOCAB.value).str,
-      "splits": {"train": {"documents": len(lengths_N), "tokens": tokens, "shards": shards}}})
-  return tokens
-
-
-LENGTHS = {  # documents' token counts, by profile (module docstring)
-    "short": lambda n: (np.random.default_rng(0).exponential(40, n) + 3).astype(np.int64),
-    "long": lambda n: np.exp(np.random.default_rng(1).uniform(
-        math.log(12), math.log(1200), n)).astype(np.int64)}
 
 
 def prepare_part(work: str):
@@ -203,90 +121,6 @@ def prepare_part(work: str):
   print(table(rows))
 
 
-def read_part(work: str) -> list[dict]:
-  from pipeline import token_store
-  from tests.conftest import GcsEmulator  # imports JAX too: a second, never measured
-  lengths = {"short": LENGTHS["short"](_READ_DOCS.value),
-             "long": LENGTHS["long"](_READ_DOCS.value // 10)}
-  local = {name: f"{work}/read_{name}_{len(n)}" for name, n in lengths.items()}
-  tokens = {name: write_store(local[name], lengths[name], seed=2) for name in lengths}
-  emulator = GcsEmulator(tempfile.mkdtemp(dir=work, prefix="gcs_")).start()
-  # For this process and the children; a fixed token keeps tensorstore from
-  # looking for credentials (metadata.google.internal): loopback only.
-  os.environ.update(emulator.env)
-  rows = []
-  try:
-    bucket = emulator.make_bucket("bench")
-    for name, path in local.items():
-      source, target = token_store.kvstore(path), token_store.kvstore(f"{bucket}/{name}")
-      for key in source.list().result():
-        target.write(key, source[key]).result()
-    for name in lengths:
-      for where, workers in (("local", 0), ("local", 2), ("gcs", 0)):
-        store = local[name] if where == "local" else f"{bucket}/{name}"
-        r = run_child(f"{name}={store}", workers, seconds=_SECONDS.value)
-        rows.append({"documents": name, "count": len(lengths[name]),
-                     "store tokens": tokens[name], "store": where, "worker_count": workers,
-                     "first s": r["first_s"], "batches": r["batches"],
-                     "tokens/s": r["tokens"] / r["seconds"],
-                     "real tokens/s": r["real"] / r["seconds"]})
-        print(f"read {rows[-1]}", file=sys.stderr, flush=True)
-    compare = compare_clients(f"{bucket}/short", local["short"])
-  finally:
-    emulator.stop()
-  print(f"\n### read: train_stream, T={_SEQ_LEN.value}, B={_BATCH.value}, "
-        f"{_SECONDS.value:.0f} s a row\n")
-  print(table(rows))
-  print("\n### ranged reads on the GCS emulator: tensorstore vs gcsfs\n")
-  print(table(compare))
-  return rows
-
-
-def compare_clients(remote: str, local: str) -> list[dict]:
-  import gcsfs
-  from pipeline import token_store
-  split = token_store.open_split(remote, token_store.read_manifest(local), "train")
-  reads, size = (300 if _QUICK.value else 2000), split.dtype.itemsize
-  documents_K = np.random.default_rng(3).integers(0, split.num_documents, reads + 50)
-  pieces = [(int(d), 0, int(split.lengths_N[d])) for d in documents_K]
-  paths = [f"{remote[len('gs://'):]}/{split.shards[split.shard_of(d)]}.tokens"
-           for d in documents_K]
-  starts = [int(split.starts_N[d]) * size for d in documents_K]
-  stops = [int(split.starts_N[d] + split.lengths_N[d]) * size for d in documents_K]
-  fs = gcsfs.GCSFileSystem(token="anon")
-  readers = {"tensorstore": lambda a, b: [x.astype(split.dtype).tobytes()
-                                          for x in split.read(pieces[a:b])],
-             "gcsfs": lambda a, b: fs.cat_ranges(paths[a:b], starts[a:b], stops[a:b])}
-  results, rows = {}, []
-  for name, read in readers.items():
-    read(reads, reads + 50)  # warmup: connections
-    start = time.perf_counter()
-    results[name] = read(0, reads)
-    seconds = time.perf_counter() - start
-    rows.append({"library": name, "reads": reads, "seconds": seconds,
-                 "reads/s": reads / seconds, "MB/s": sum(map(len, results[name])) / 1e6 / seconds,
-                 "same bytes": results[name] == results["tensorstore"]})
-  return rows
-
-
-def scale_part(work: str) -> list[dict]:
-  base, rows = run_child(), []
-  for n in sorted(map(int, _SCALE_DOCS.value)):
-    start = time.perf_counter()
-    tokens = write_store(f"{work}/scale_{n}", LENGTHS["short"](n), seed=4)
-    print(f"scale store {n:,}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-    r = run_child(f"scale={work}/scale_{n}", batches=_SCALE_BATCHES.value)
-    rows.append({"documents": n, "tokens": tokens, "index MiB": 12 * n / 2**20,
-                 "first batch s": r["first_s"], "peak RSS MiB (first)": r["rss_first"],
-                 f"peak RSS MiB (+{r['batches']})": r["rss_peak"], "RSS now MiB": r["rss_now"],
-                 "peak above baseline MiB": r["rss_peak"] - base["rss_peak"],
-                 "now above baseline MiB": r["rss_now"] - base["rss_now"]})
-  print(f"\n### scale: first batch and memory, T={_SEQ_LEN.value}, B={_BATCH.value}; baseline "
-        f"(import pipeline.streams) peak {base['rss_peak']:.0f}, now {base['rss_now']:.0f} MiB\n")
-  print(table(rows))
-  return rows
-
-
 def verdicts(read_rows: list[dict], scale_rows: list[dict]):
   rows = []
   if read_rows:
@@ -318,14 +152,17 @@ def verdicts(read_rows: list[dict], scale_rows: list[dict]):
 
 def main(argv):
   del argv
-  if _CHILD.value:
-    return child(json.loads(_CHILD.value))
   if bad := set(_PARTS.value) - {"prepare", "read", "scale"}:
     raise ValueError(f"--parts has {sorted(bad)}; valid: prepare, read, scale.")
   for name, value in QUICK.items() if _QUICK.value else ():
     if not flags.FLAGS[name].present:
       flags.FLAGS[name].value = value
   logging.set_verbosity(logging.WARNING)
+  sizes = Sizes(vocab_size=_VOCAB.value, seq_len=_SEQ_LEN.value, batch=_BATCH.value,
+                seconds=_SECONDS.value, read_docs=_READ_DOCS.value,
+                client_reads=300 if _QUICK.value else 2000,
+                scale_docs=tuple(map(int, _SCALE_DOCS.value)),
+                scale_batches=_SCALE_BATCHES.value)
   work = _WORK_DIR.value or tempfile.mkdtemp(prefix="pipeline_bench_")
   os.makedirs(work, exist_ok=True)
   start, read_rows, scale_rows = time.perf_counter(), [], []
@@ -333,9 +170,9 @@ def main(argv):
     if "prepare" in _PARTS.value:
       prepare_part(work)
     if "read" in _PARTS.value:
-      read_rows = read_part(work)
+      read_rows = read_part(work, sizes)
     if "scale" in _PARTS.value:
-      scale_rows = scale_part(work)
+      scale_rows = scale_part(work, sizes)
     verdicts(read_rows, scale_rows)
   finally:
     if not _WORK_DIR.value:

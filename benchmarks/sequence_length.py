@@ -6,10 +6,15 @@ Command, from the repository root (progress goes to stderr):
   python -m benchmarks.sequence_length --seq_lens=2048,4096,8192 \\
       --batch_tokens=8192 --steps=2
 
-Each row is one jitted training step of this project's model (value_and_grad
-of the mean next-token cross-entropy, then AdamW; benchmarks/timing.py) on
-random tokens with one document per row, f32, remat off. The three families
-have the same width, depth and MLP; they differ in the temporal blocks:
+Each row is the trainer's training step (`trainer.program.build_program` of
+the trainer's default Config with the model below, on one device, timed by
+benchmarks/timing.py: value_and_grad of the mean next-token cross-entropy
+under an all-ones loss mask, then trainer/optimizer.py's clipped AdamW with
+its schedule and decay mask, loss and gradient-norm metrics) on random tokens
+with one document per row, f32, remat off, the trainer's initialisation
+(run.seed 0). docs/performance.md says which tables timed an older, plainer
+step. The three families have the same width, depth and MLP; they differ in
+the temporal blocks:
   griffin  (R, R, A), local attention with --window keys
   hawk     recurrent blocks only
   mqa      global multi-query attention only (RoPE), the paper's baseline
@@ -24,13 +29,10 @@ import time
 import jax
 import jax.numpy as jnp
 from absl import app, flags
-from flax import nnx
 
-from benchmarks.timing import matmul_gflops, time_step
+from benchmarks.timing import matmul_gflops, one_device_program, step_config, time_program
 from model import flops
 from model.config import BlockType, ModelConfig, Remat, ScanImpl
-from model.griffin import Griffin
-from trainer.loss import next_token_loss
 
 _SEQ_LENS = flags.DEFINE_list("seq_lens", ["2048", "4096", "8192"], "Tokens per sequence.")
 _BATCH_TOKENS = flags.DEFINE_integer("batch_tokens", 8192, "Tokens per batch, every row.")
@@ -51,14 +53,14 @@ def model_config(family: str) -> ModelConfig:
       scan_impl=ScanImpl(_SCAN.value), remat=Remat.NONE, compute_dtype="float32")
 
 
-def loss_fn_and_params(config: ModelConfig):
-  graphdef, params, rest = nnx.split(Griffin(config, nnx.Rngs(0)), nnx.Param, ...)
-
-  def loss_fn(params, tokens_BT, pos_BT):
-    logits_BTV, _ = nnx.merge(graphdef, params, rest)(tokens_BT, pos_BT)
-    return next_token_loss(logits_BTV, tokens_BT, pos_BT)
-
-  return loss_fn, params
+def time_row(family: str, batch: int, seq_len: int):
+  """(compile s, step s, first loss) of the trainer's step for one row."""
+  config = step_config(model_config(family), batch, seq_len)
+  program = one_device_program(config)
+  tokens_BT = jax.random.randint(jax.random.key(1), (batch, seq_len), 0,
+                                 config.model.vocab_size, jnp.int32)
+  pos_BT = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))
+  return time_program(program, program.init_state(config), tokens_BT, pos_BT, _STEPS.value)
 
 
 def check_flags() -> list[int]:
@@ -80,15 +82,10 @@ def main(argv):
   matmul_rate = matmul_gflops()
   rows = []
   for family in _FAMILIES.value:
-    config = model_config(family)
-    loss_fn, params = loss_fn_and_params(config)
     for seq_len in seq_lens:
       batch = _BATCH_TOKENS.value // seq_len
-      tokens_BT = jax.random.randint(jax.random.key(1), (batch, seq_len), 0,
-                                     config.vocab_size, jnp.int32)
-      pos_BT = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))
-      compile_s, step_s, loss = time_step(loss_fn, params, tokens_BT, pos_BT, _STEPS.value)
-      gflops = flops.train_flops(config, batch, seq_len) / step_s / 1e9
+      compile_s, step_s, loss = time_row(family, batch, seq_len)
+      gflops = flops.train_flops(model_config(family), batch, seq_len) / step_s / 1e9
       rows.append((family, seq_len, batch, compile_s, step_s, gflops, loss))
       print(f"done {family} T={seq_len}: step {step_s:.2f}s", file=sys.stderr, flush=True)
   base = {(r[0], r[1]): r[4] for r in rows}

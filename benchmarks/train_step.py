@@ -5,31 +5,39 @@ CPU, ~200 s of it compiling recurrentgemma's linear scan; progress goes to stder
   python -m benchmarks.train_step --configs=A,B --steps=3 \
       --scans=linear,associative --systems=ours,recurrentgemma --remat=full
 
-Both systems run the same training step on the same weights (recurrentgemma's
-init, loaded into ours): one jax.jit of value_and_grad (w.r.t. all parameters)
-of the trainer's loss (trainer/loss.py: the mean next-token cross-entropy over
-targets inside a document; a document's first token is not predicted),
-followed by the same optax AdamW update (parameters and moments donated), f32
-params and compute. --remat=full: ours
-Remat.FULL, recurrentgemma gradient_checkpointing=True; --remat=none: neither
-recomputes (the faster choice on a CPU, where memory is not the limit). Inputs: random tokens
-(B, T) int32 and a packed layout, 2 documents of T/2 tokens per row
-(segment_pos = arange(T) % (T/2)). Griffin pattern (R, R, A), lru_width =
-width, head_dim 128 (N = width/128 heads), gate_blocks = N (recurrentgemma's
-block count), mlp expansion 3, attention window = min(1024, T).
+Both systems run the trainer's training step on the same weights
+(recurrentgemma's init, loaded into ours) and inputs. Ours is exactly the step
+`python -m trainer.train` runs: `trainer.program.build_program` of the
+trainer's default Config with the model and batch below, on one device
+(the donating `TrainStep`: value_and_grad w.r.t. all parameters of the
+trainer's loss, trainer/loss.py, the mean next-token cross-entropy over
+targets inside a document under an all-ones loss mask; a document's first
+token is not predicted; then trainer/optimizer.py's update, clipping, AdamW
+with warmup and cosine decay, a decay mask; loss and gradient-norm metrics).
+recurrentgemma's is the same computation in one jax.jit
+(benchmarks/timing.py `time_reference`: the same loss, mask and optimizer
+settings, parameters and moments donated). f32 params and compute.
+docs/performance.md says which tables timed an older, plainer step.
+--remat=full: ours Remat.FULL, recurrentgemma gradient_checkpointing=True;
+--remat=none: neither recomputes (the faster choice on a CPU, where memory is
+not the limit). Inputs: random tokens (B, T) int32 and a packed layout, 2
+documents of T/2 tokens per row (segment_pos = arange(T) % (T/2)). Griffin
+pattern (R, R, A), lru_width = width, head_dim 128 (N = width/128 heads),
+gate_blocks = N (recurrentgemma's block count), mlp expansion 3, attention
+window = min(1024, T).
   A: width 256, depth 6, vocab 8192, T 512, B 8.
   B: width 512, depth 6, vocab 8192, T 1024, B 4.
 Scans: "linear" is ours ScanImpl.LINEAR vs ScanType.LINEAR_NATIVE;
 "associative" is ours ScanImpl.ASSOCIATIVE vs ScanType.ASSOCIATIVE_NATIVE.
 
-compile s = wall time of jax.jit(step).lower(...).compile(); step time = the
+compile s = wall time of lowering and compiling the step; step time = the
 median of --steps timed runs after one warmup; tokens/s = B*T / step time.
-Model GFLOP/s uses analytic model FLOPs (remat recompute not counted):
-  FLOPs = 6 * P * B*T + 12 * n_attn * B*T * K * D,
-P = all parameters (the embedding counts once, for the tied output matmul),
-n_attn = attention layers, D = width, K = mean keys visible per query
-(mean of min(segment_pos, window) + 1). "% matmul" divides by the GFLOP/s of
-a jitted f32 2048x2048 @ 2048x2048 matmul (median of 5) measured in the run.
+Model GFLOP/s divides model/flops.py's `train_flops` (the MFU convention:
+matmul weights, attention over the visible keys, the RG-LRU and Conv1D
+element-wise work; remat recompute not counted) of the batch's 2B documents
+of T/2 tokens (each row holds two) by the step time. "% matmul" divides by
+the GFLOP/s of a jitted f32 2048x2048 @ 2048x2048 matmul (median of 5)
+measured in the run.
 """
 
 import sys
@@ -37,17 +45,19 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import recurrentgemma.jax as rg
 from absl import app, flags
 from flax import nnx
 
 from benchmarks import shapes
 from benchmarks.shapes import SHAPES, Shape, inputs
-from benchmarks.timing import matmul_gflops, time_step
+from benchmarks.timing import (matmul_gflops, one_device_program, step_config, time_program,
+                               time_reference)
+from model import flops
 from model.config import BlockType, ModelConfig, Remat, ScanImpl
 from model.convert import load_recurrentgemma_params, recurrentgemma_config_fields
 from model.griffin import Griffin
+from trainer.config import Config
 from trainer.loss import next_token_loss
 
 _CONFIGS = flags.DEFINE_list("configs", ["A", "B"], "Shapes to run: A, B.")
@@ -63,8 +73,9 @@ RG_SCANS = {"linear": rg.ScanType.LINEAR_NATIVE, "associative": rg.ScanType.ASSO
 R, A = BlockType.RECURRENT, BlockType.ATTENTION
 
 
-def model_config(shape: Shape, scan: str) -> ModelConfig:
-  return shapes.model_config(shape, OUR_SCANS[scan], Remat(_REMAT.value))
+def train_config(shape: Shape, scan: str) -> Config:
+  model = shapes.model_config(shape, OUR_SCANS[scan], Remat(_REMAT.value))
+  return step_config(model, shape.batch, shape.seq)
 
 
 def rg_model(config: ModelConfig, scan: str):
@@ -77,32 +88,28 @@ def rg_model(config: ModelConfig, scan: str):
                     param_dtype=jnp.float32)
 
 
-def loss_fns(config: ModelConfig, scan: str, tokens_BT, pos_BT):
-  """{system: (loss(params, tokens, pos), params)}, both on recurrentgemma's init."""
-  theirs = rg_model(config, scan)
+def timers(config: Config, scan: str, tokens_BT, pos_BT) -> dict:
+  """{system: steps -> (compile s, step s, first loss)}, both on recurrentgemma's init."""
+  theirs = rg_model(config.model, scan)
   rg_params = theirs.init(jax.random.key(0), tokens_BT, pos_BT)["params"]
 
-  def rg_loss(params, tokens_BT, pos_BT):
+  def rg_loss(params, tokens_BT, pos_BT, loss_mask_BT):
     logits_BTV, _ = theirs.apply({"params": params}, tokens_BT, pos_BT, return_cache=False)
-    return next_token_loss(logits_BTV, tokens_BT, pos_BT)
+    return next_token_loss(logits_BTV, tokens_BT, pos_BT, config.optimizer.z_loss,
+                           loss_mask_BT)
 
-  ours = Griffin(config, nnx.Rngs(0))
-  load_recurrentgemma_params(ours, rg_params)
-  graphdef, our_params, rest = nnx.split(ours, nnx.Param, ...)
+  def ours(steps):
+    model = Griffin(config.model, nnx.Rngs(0))
+    load_recurrentgemma_params(model, rg_params)
+    program = one_device_program(config)
+    # Copied: the step donates its state, and the loaded arrays may be rg_params'.
+    params = jax.device_put(jax.tree.map(jnp.copy, nnx.state(model)),
+                            program.setup.shardings.params)
+    state = program.init_state(config)._replace(params=params)
+    return time_program(program, state, tokens_BT, pos_BT, steps)
 
-  def our_loss(params, tokens_BT, pos_BT):
-    logits_BTV, _ = nnx.merge(graphdef, params, rest)(tokens_BT, pos_BT)
-    return next_token_loss(logits_BTV, tokens_BT, pos_BT)
-
-  return {"ours": (our_loss, our_params), "recurrentgemma": (rg_loss, rg_params)}
-
-
-def model_flops(config: ModelConfig, params, pos_BT) -> float:
-  n_params = sum(x.size for x in jax.tree.leaves(params))
-  keys_mean = float(np.mean(np.minimum(np.asarray(pos_BT), config.attention_window) + 1))
-  n_attn = sum(t is A for t in config.block_types)
-  tokens = pos_BT.size
-  return 6 * n_params * tokens + 12 * n_attn * tokens * keys_mean * config.width
+  return {"ours": ours, "recurrentgemma": lambda steps: time_reference(
+      rg_loss, rg_params, config, tokens_BT, pos_BT, steps)}
 
 
 def run_rows(matmul_rate: float) -> list[dict]:
@@ -111,12 +118,13 @@ def run_rows(matmul_rate: float) -> list[dict]:
     shape = SHAPES[name]
     tokens_BT, pos_BT = inputs(shape)
     for scan in _SCANS.value:
-      config = model_config(shape, scan)
-      fns = loss_fns(config, scan, tokens_BT, pos_BT)
+      config = train_config(shape, scan)
+      # Each row holds two documents of T/2 tokens: 2B documents for model/flops.py.
+      model_flops = flops.train_flops(config.model, 2 * shape.batch, shape.seq // 2)
+      timer = timers(config, scan, tokens_BT, pos_BT)
       for system in _SYSTEMS.value:
-        loss_fn, params = fns[system]
-        compile_s, step_s, loss = time_step(loss_fn, params, tokens_BT, pos_BT, _STEPS.value)
-        gflops = model_flops(config, params, pos_BT) / step_s / 1e9
+        compile_s, step_s, loss = timer[system](_STEPS.value)
+        gflops = model_flops / step_s / 1e9
         rows.append(dict(system=system, config=name, scan=scan, compile_s=compile_s,
                          step_s=step_s, tok_s=tokens_BT.size / step_s, gflops=gflops,
                          frac=gflops / matmul_rate, loss=loss))

@@ -9,14 +9,15 @@ The data section keeps its defaults: a real run sets `data.dataset` and a
 32,000-piece `data.tokenizer` to match the vocabulary.
 
 Compile-only check (no TPU needed; libtpu from the `test` or `tpu` extra):
-  python -m launch.aot --config=configs/griffin_14b.py --topology=v5p-128
+  python -m aot.compile_check --config=configs/griffin_14b.py --topology=v5p-128
 
-Expected: fits (2026-11-24, commit e75527f, default scan_impl=auto: the Pallas
-RG-LRU kernel). Per chip: arguments 2.47 GiB, temporaries 59.70 GiB, peak
-48.27 GiB (total 62.4 GiB) of 95.74 GiB usable HBM; 44,129 TFLOPs per step
-(analytic), 44,239 T with the element-wise recompute. Compiles in ~2 minutes on
-a quiet 2-core CPU. With `--config.model.remat=full`: peak 17.29 GiB (total
-20.6 GiB). docs/performance.md has the roofline with HBM and ICI time.
+Expected: fits (docs/performance.md dates the measurement) with the default
+scan_impl=auto, the Pallas RG-LRU kernel. Per chip: arguments 2.47 GiB,
+temporaries 59.70 GiB, peak 48.27 GiB (total 62.4 GiB) of 95.74 GiB usable HBM;
+44,129 TFLOPs per step (analytic), 44,239 T with the element-wise recompute.
+Compiles in ~2 minutes on a quiet 2-core CPU. With `--config.model.remat=full`:
+peak 17.29 GiB (total 20.6 GiB). docs/performance.md has the roofline with HBM
+and ICI time.
 """
 
 from model import presets

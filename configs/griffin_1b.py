@@ -7,13 +7,14 @@ The data section keeps its defaults: a real run sets `data.dataset` and a
 32,000-piece `data.tokenizer` to match the vocabulary.
 
 Compile-only check (no TPU needed; libtpu from the `test` or `tpu` extra):
-  python -m launch.aot --config=configs/griffin_1b.py --topology=v5e-16
+  python -m aot.compile_check --config=configs/griffin_1b.py --topology=v5e-16
 
-Expected: fits (2026-11-24, commit 8e41dea: the default scan_impl=auto compiles
-the Pallas RG-LRU kernel). Per chip: arguments 0.93 GiB, temporaries 5.99 GiB,
-peak 5.67 GiB (total 7.0 GiB) of 15.75 GiB usable HBM; 1,048 TFLOPs per step
-(analytic), roofline step time 0.44 s at peak bf16 (MFU bound 76%: full remat
-recomputes the forward pass). Compiles in ~75 s on a quiet 2-core CPU.
+Expected: fits (docs/performance.md dates the measurement) with the default
+scan_impl=auto, which compiles the Pallas RG-LRU kernel. Per chip: arguments
+0.93 GiB, temporaries 5.99 GiB, peak 5.67 GiB (total 7.0 GiB) of 15.75 GiB
+usable HBM; 1,048 TFLOPs per step (analytic), roofline step time 0.44 s at peak
+bf16 (MFU bound 76%: full remat recomputes the forward pass). Compiles in ~75 s
+on a quiet 2-core CPU.
 """
 
 from model import presets

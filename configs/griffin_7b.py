@@ -12,17 +12,17 @@ The data section keeps its defaults: a real run sets `data.dataset` and a
 
 Compile-only checks (no TPU needed; libtpu from the `test` or `tpu` extra); the
 same file serves both pods, the data axis takes the rest of the chips:
-  python -m launch.aot --config=configs/griffin_7b.py --topology=v5p-64
-  python -m launch.aot --config=configs/griffin_7b.py --topology=v5e-256
+  python -m aot.compile_check --config=configs/griffin_7b.py --topology=v5p-64
+  python -m aot.compile_check --config=configs/griffin_7b.py --topology=v5e-256
 
-Expected: both fit (2026-11-24, commit 349ad44, default scan_impl=auto: the
-Pallas RG-LRU kernel). v5p-64: arguments 2.44 GiB, temporaries 79.86 GiB, peak
-60.47 GiB (total 82.4 GiB) of 95.74 GiB usable HBM. v5e-256 (data 8 x fsdp
-32): arguments 2.44 GiB, temporaries 11.47 GiB, peak 10.55 GiB (total 14.0
-GiB) of 15.75 GiB usable HBM. 21,967 TFLOPs per step (analytic); hardware
-FLOPs with the recompute 22,034 T. Each compiles in ~1.7 minutes on a quiet
-2-core CPU. docs/performance.md has the roofline with HBM and ICI time and the
-same runs with remat full.
+Expected: both fit (docs/performance.md dates the measurement) with the default
+scan_impl=auto, the Pallas RG-LRU kernel. v5p-64: arguments 2.44 GiB,
+temporaries 79.86 GiB, peak 60.47 GiB (total 82.4 GiB) of 95.74 GiB usable HBM.
+v5e-256 (data 8 x fsdp 32): arguments 2.44 GiB, temporaries 11.47 GiB, peak
+10.55 GiB (total 14.0 GiB) of 15.75 GiB usable HBM. 21,967 TFLOPs per step
+(analytic); hardware FLOPs with the recompute 22,034 T. Each compiles in ~1.7
+minutes on a quiet 2-core CPU. docs/performance.md has the roofline with HBM and
+ICI time and the same runs with remat full.
 """
 
 from model import presets

@@ -8,7 +8,7 @@ Command to run:
   python -m trainer.evaluate --workdir=/tmp/mqa_tiny
 
 Expected: byte-level (vocab 256) rows of the stdlib source; validation loss
-~2.3 after 200 steps (measured 2026-11-23 with the earlier smoke loop on
+~2.3 after 200 steps (measured with an earlier training loop on
 the same rows: Griffin 2.12, Hawk 2.37, MQA 2.29; ~1.5-3 minutes on 2 cores).
 """
 

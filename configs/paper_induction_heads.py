@@ -19,7 +19,7 @@ Command to run (the other families by override):
   # Recall at 16x the training length (rows of 1024 tokens):
   python -m trainer.evaluate --workdir=/tmp/ih_griffin --length_multiple=0 \\
       --config.data.seq_len=1024 --config.data.global_batch_size=4 --eval_batches=16
-All three, with recall from 1x to 64x: python -m benchmarks.paper.induction_heads.
+All three, with recall from 1x to 64x: python -m experiments.paper.induction_heads.
 
 Expected: validation accuracy at chance (1/16) for a few hundred steps, then
 a jump to ~100% (MQA solved at step 500 in a trial run); docs/results.md has

@@ -14,7 +14,7 @@ Command to run (the other families by override):
   python -m trainer.train --config=configs/paper_long_context.py --workdir=/tmp/lc_mqa \\
       --config.model.block_pattern=A --config.model.attention_window=None
   python -m trainer.evaluate --workdir=/tmp/lc_griffin --length_multiple=4 --eval_batches=8
-All three, with the table: python -m benchmarks.paper.long_context.
+All three, with the table: python -m experiments.paper.long_context.
 
 Expected: see docs/results.md (measured tables and their wall times).
 """

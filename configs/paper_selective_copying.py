@@ -17,7 +17,7 @@ Command to run (the other families by override):
   python -m trainer.train --config=configs/paper_selective_copying.py --workdir=/tmp/copy_mqa \\
       --config.model.block_pattern=A --config.model.attention_window=None
   python -m trainer.evaluate --workdir=/tmp/copy_griffin --length_multiple=0
-All three, stopping each once solved: python -m benchmarks.paper.selective_copying.
+All three, stopping each once solved: python -m experiments.paper.selective_copying.
 
 Expected: validation accuracy (eval_accuracy in metrics.jsonl) near 1/16 at
 first; MQA and Griffin pass 95% within ~1,500 steps, Hawk learns slowest

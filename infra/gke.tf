@@ -175,7 +175,7 @@ resource "google_container_node_pool" "tpu" {
   lifecycle {
     precondition {
       condition     = local.tpu_topology != null
-      error_message = "tpu_type ${var.tpu_type} is not a slice size launch/topologies.py knows."
+      error_message = "tpu_type ${var.tpu_type} is not a slice size sharding/topologies.py knows."
     }
   }
 }

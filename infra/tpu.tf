@@ -1,5 +1,5 @@
 # Accelerator type -> GKE node pool shape. The topology tables are those of
-# launch/topologies.py (tests/test_infra.py checks they agree).
+# sharding/topologies.py (tests/test_infra.py checks they agree).
 locals {
   tpu_generation = split("-", var.tpu_type)[0]
   tpu_size       = tonumber(split("-", var.tpu_type)[1])

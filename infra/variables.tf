@@ -27,7 +27,7 @@ variable "tpu_type" {
 
   validation {
     condition     = can(regex("^(v4|v5p|v5e|v6e)-[0-9]+$", var.tpu_type))
-    error_message = "tpu_type must be one of v4-N, v5p-N, v5e-N, v6e-N (python -m launch.aot --help lists them)."
+    error_message = "tpu_type must be one of v4-N, v5p-N, v5e-N, v6e-N (python -m aot.compile_check --help lists them)."
   }
 }
 

@@ -3,7 +3,7 @@
 `launch/tpu_vm.py` and `launch/gke.py` share it: the flags every pod job has,
 loading the config exactly as `trainer.train` does, the checks of the TPU
 type, slice count, host count and workdir against that config, the
-compile-only check (`python -m launch.aot` in its own process), the train
+compile-only check (`python -m aot.compile_check` in its own process), the train
 command every host runs, and how commands are echoed and run.
 """
 
@@ -18,13 +18,10 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from launch import aot, topologies
+from aot import compile_check as aot_check
+from sharding import topologies
 from trainer import config as config_lib
 
-# A TPU VM host drives 4 chips; v5e and v6e slices of up to 8 chips are one
-# host (ct5lp-hightpu-8t, ct6e-standard-8t), as are 4-chip v4 and v5p slices.
-CHIPS_PER_HOST = 4
-_SINGLE_HOST_MAX_CHIPS = {"v4": 4, "v5p": 4, "v5e": 8, "v6e": 8}
 # Google's APIs (gcloud --accelerator-type, xpk --tpu-type) call v5e "v5litepod".
 _CLOUD_PREFIX = {"v5e": "v5litepod"}
 # xpk's rule for workload names; it also fits queued resources, TPU VM nodes
@@ -38,8 +35,8 @@ _INSTALL_HINTS = {"gcloud": "install the Google Cloud CLI",
 
 def hosts_per_slice(tpu: topologies.TpuType) -> int:
   """TPU VM hosts (JAX processes) in one slice of `tpu`."""
-  generation = tpu.name.split("-")[0]
-  return 1 if tpu.chips <= _SINGLE_HOST_MAX_CHIPS[generation] else tpu.chips // CHIPS_PER_HOST
+  gen = tpu.generation
+  return 1 if tpu.chips <= gen.single_host_chips else tpu.chips // gen.host_chips
 
 
 def cloud_accelerator_type(tpu_type: str) -> str:
@@ -71,7 +68,7 @@ class Job:
             f"--workdir={self.workdir}", "--num_processes=0", *self.overrides]
 
   def aot_argv(self) -> list[str]:
-    return [sys.executable, "-m", "launch.aot", f"--config={self.config_file}",
+    return [sys.executable, "-m", "aot.compile_check", f"--config={self.config_file}",
             f"--topology={self.tpu.name}", f"--num_slices={self.num_slices}",
             *self.overrides]
 
@@ -109,17 +106,13 @@ def check_job(config: config_lib.Config, tpu_type: str, num_slices: int,
 
   Unknown TPU type, slice count and mesh sizes that disagree (ICI sizes must
   multiply to the chips of a slice, DCN sizes to the slices) and a batch the
-  mesh does not divide are `launch.aot.validate`'s; this adds the workdir and
+  mesh does not divide are `aot.compile_check.validate`'s; this adds the workdir and
   the host count (every host reads its own rows of each batch).
   """
   check_workdir(workdir)
-  tpu, _ = aot.validate(config, tpu_type, num_slices)
-  hosts = hosts_per_slice(tpu) * num_slices
-  if config.data.global_batch_size % hosts:
-    raise ValueError(
-        f"data.global_batch_size={config.data.global_batch_size} is not divisible by "
-        f"the {hosts} hosts of {num_slices} x {tpu_type} ({hosts_per_slice(tpu)} per "
-        f"slice): every host reads an equal share; use a multiple of {hosts}.")
+  tpu, _ = aot_check.validate(config, tpu_type, num_slices)
+  config.data.check_hosts(hosts_per_slice(tpu) * num_slices,
+                          f" of {num_slices} x {tpu_type}, {hosts_per_slice(tpu)} per slice")
   return tpu
 
 
@@ -147,7 +140,7 @@ def define_job_flags(fv: flags.FlagValues):
       "worker.", flag_values=fv)
   flags.DEFINE_bool(
       "skip_aot_check", False, "Do not run the compile-only check "
-      "(python -m launch.aot) before submitting.", flag_values=fv)
+      "(python -m aot.compile_check) before submitting.", flag_values=fv)
   flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.",
                     flag_values=fv)
 
@@ -197,7 +190,7 @@ def load_job(fv: flags.FlagValues) -> Job:
 
 
 def compile_check(job: Job, dry_run: bool = False):
-  """`python -m launch.aot` for the job's config and TPU type; raises unless it fits."""
+  """`python -m aot.compile_check` for the job's config and TPU type; raises unless it fits."""
   code = run(job.aot_argv(), dry_run=dry_run, check=False)
   if code:
     raise RuntimeError(

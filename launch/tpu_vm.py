@@ -43,8 +43,8 @@ CAPACITY_FLAGS = {"on_demand": [], "spot": ["--spot"], "reserved": ["--reserved"
 # A queued resource in one of these will never become ACTIVE.
 _DEAD_STATES = ("FAILED", "SUSPENDING", "SUSPENDED", "DELETING")
 # Without --image: what `pip install -e .` needs, copied to every worker.
-SOURCE = ("pyproject.toml", "README.md", "configs", "launch", "model", "pipeline",
-          "sharding", "trainer")
+SOURCE = ("pyproject.toml", "README.md", "aot", "common", "configs", "launch", "model",
+          "pipeline", "sharding", "trainer")
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _REMOTE_DIR = "griffin"  # in the worker's home directory
 

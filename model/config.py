@@ -9,6 +9,8 @@ import dataclasses
 import enum
 import itertools
 
+from common.checks import check_ints
+
 
 class BlockType(enum.Enum):
   """The temporal-mixing block of one residual layer."""
@@ -86,7 +88,7 @@ class ModelConfig:
   compute_dtype: str = "float32"
 
   def __post_init__(self):
-    _positive(self, "vocab_size", "width", "depth", "lru_width", "head_dim",
+    check_ints("model", self, 1, "vocab_size", "width", "depth", "lru_width", "head_dim",
               "mlp_expansion", "conv_width", "gate_blocks")
     if not self.block_pattern:
       raise ValueError("model.block_pattern is empty; give at least one block type.")
@@ -145,10 +147,3 @@ class ModelConfig:
   def tail_types(self) -> tuple[BlockType, ...]:
     """The leftover layers after the last full group (not scanned)."""
     return self.block_pattern[: self.depth % len(self.block_pattern)]
-
-
-def _positive(config, *names):
-  for name in names:
-    value = getattr(config, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-      raise ValueError(f"model.{name}={value!r} must be a positive integer.")

@@ -31,6 +31,7 @@ Rematerialisation recomputes part of the forward pass; it is not counted (model
 FLOPs, not hardware FLOPs).
 """
 
+from common.checks import check_int
 from model.config import BlockType, ModelConfig, Remat
 
 RG_LRU_FLOPS_PER_CHANNEL = 14
@@ -50,8 +51,7 @@ def matmul_params(config: ModelConfig) -> int:
 def keys_per_query(seq_len: int, window: int | None) -> float:
   """Mean keys visible to a query over a row of one document of `seq_len`
   tokens: mean over t of min(t, window) + 1 (global: window = None)."""
-  if not isinstance(seq_len, int) or seq_len < 1:
-    raise ValueError(f"seq_len={seq_len!r} must be a positive integer.")
+  check_int("seq_len", seq_len)
   w = seq_len - 1 if window is None else min(window, seq_len - 1)
   # t < w: t + 1 keys; t >= w: w + 1 keys.
   total = w * (w + 1) // 2 + (seq_len - w) * (w + 1)
@@ -71,8 +71,7 @@ def forward_flops_per_token(config: ModelConfig, seq_len: int) -> float:
 
 def forward_flops(config: ModelConfig, batch: int, seq_len: int) -> float:
   """Forward FLOPs of a (batch, seq_len) batch (evaluation, scoring)."""
-  if not isinstance(batch, int) or batch < 1:
-    raise ValueError(f"batch={batch!r} must be a positive integer.")
+  check_int("batch", batch)
   return batch * seq_len * forward_flops_per_token(config, seq_len)
 
 

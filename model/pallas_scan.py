@@ -31,6 +31,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from common.checks import check_int
+
 LANES = 128
 # Longest time block. At 8 x 128 channels per block that is 1 MiB per f32
 # stream, and the ~0.35 us cost of a grid step is small next to the block's
@@ -238,8 +240,7 @@ def pallas_scan(a_BTE, b_BTE, h0_BE, *, block_t: int = BLOCK_T):
   shard scans its rows and channels: specs come from the logical names the
   recurrent block constrains its activations to, so no mesh axis is named here.
   """
-  if not isinstance(block_t, int) or block_t < 1:
-    raise ValueError(f"block_t={block_t!r} must be a positive integer.")
+  check_int("block_t", block_t)
   scan = functools.partial(_local_scan, block_t=block_t)
   mesh = jax.sharding.get_abstract_mesh()
   rules = flax.core.spmd.get_logical_axis_rules()
@@ -249,7 +250,7 @@ def pallas_scan(a_BTE, b_BTE, h0_BE, *, block_t: int = BLOCK_T):
     return scan(a_BTE, b_BTE, h0_BE)
   x_spec = nn.logical_to_mesh_axes(("batch", None, "lru"), rules)
   h_spec = nn.logical_to_mesh_axes(("batch", "lru"), rules)
-  # check_vma=False: the Pallas interpreter (jax 0.10.2) loses the varying
+  # check_vma=False: the Pallas interpreter (of the jax pinned in pyproject.toml) loses the varying
   # axes of its scratch and fails the check. Nothing is replicated here: every
   # operand is split over the batch and channel axes alike.
   return jax.shard_map(scan, mesh=mesh, in_specs=(x_spec, x_spec, h_spec),

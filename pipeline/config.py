@@ -3,6 +3,7 @@
 import dataclasses
 import math
 
+from common.checks import check_ints
 from pipeline import synthetic  # numpy only: the tasks' names and sizes
 
 DEFAULT_DATASET = "stdlib"  # The interpreter's standard library source; no download.
@@ -36,6 +37,13 @@ class DataConfig:
   # data.dataset, built in data_dir on first use.
   stores: str = ""
   mixture: str = ""  # "name:weight,...", positive weights over data.stores; "" = equal
+
+  def check_hosts(self, hosts: int, where: str = ""):
+    """Every host (process) reads an equal share of each global batch."""
+    if self.global_batch_size % hosts:
+      raise ValueError(f"data.global_batch_size={self.global_batch_size} is not divisible "
+                       f"by the {hosts} processes (hosts){where}: every host reads an "
+                       f"equal share; use a multiple of {hosts}.")
 
   def store_paths(self) -> dict[str, str]:
     """data.stores as {name: path}, in the order given."""
@@ -85,8 +93,8 @@ class DataConfig:
       if not isinstance(value, str):
         raise ValueError(f"data.{name}={value!r} must be a string (\"\" for the "
                          "default).")
-    _int_at_least(self, 1, "seq_len", "global_batch_size")
-    _int_at_least(self, 0, "shuffle_seed", "worker_count", "max_files")
+    check_ints("data", self, 1, "seq_len", "global_batch_size")
+    check_ints("data", self, 0, "shuffle_seed", "worker_count", "max_files")
     if self.seq_len < 2:
       raise ValueError(f"data.seq_len={self.seq_len} must be >= 2 (a row holds "
                        "at least one input and one target).")
@@ -109,10 +117,3 @@ class DataConfig:
       raise ValueError(f"data.files={self.files!r} is only read when data.dataset="
                        f"{TEXT_FILES!r} (it is {self.dataset!r}); set one or clear "
                        "the other.")
-
-
-def _int_at_least(config, low, *names):
-  for name in names:
-    value = getattr(config, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-      raise ValueError(f"data.{name}={value!r} must be an integer >= {low}.")

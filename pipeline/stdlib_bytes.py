@@ -5,17 +5,10 @@ and the tiny configs (`data.dataset="stdlib_bytes"`, vocabulary 256).
 """
 
 import pathlib
-import sysconfig
 
 import numpy as np
 
-
-def stdlib_files() -> list[pathlib.Path]:
-  """The stdlib's .py files outside test folders, in a fixed order."""
-  root = pathlib.Path(sysconfig.get_paths()["stdlib"])
-  return sorted(p for p in root.rglob("*.py")
-                if not any(part in ("test", "tests", "idle_test", "site-packages")
-                           for part in p.parts))
+from pipeline.documents import stdlib_files
 
 
 def byte_rows(split: str, seq_len: int, max_bytes: int = 2_000_000) -> np.ndarray:
@@ -27,7 +20,8 @@ def byte_rows(split: str, seq_len: int, max_bytes: int = 2_000_000) -> np.ndarra
   if split not in ("train", "validation"):
     raise ValueError(f"split={split!r} must be 'train' or 'validation'")
   chunks, total = [], 0
-  for i, path in enumerate(stdlib_files()):
+  # Sorted as paths, not strings: the order the pinned losses were measured on.
+  for i, path in enumerate(sorted(map(pathlib.Path, stdlib_files()[0]))):
     if (i % 10 == 9) != (split == "validation"):
       continue
     data = np.frombuffer(path.read_bytes(), np.uint8)

@@ -117,18 +117,11 @@ def process_slot(process_index: int | None, process_count: int | None) -> tuple[
   return process_index, process_count
 
 
-def check_hosts(config: DataConfig, process_count: int):
-  if config.global_batch_size % process_count:
-    raise ValueError(f"data.global_batch_size={config.global_batch_size} is not "
-                     f"divisible by the {process_count} processes (hosts); use a "
-                     f"multiple of {process_count}.")
-
-
 def train_stream(config: DataConfig, vocab_size: int, process_index: int | None = None,
                  process_count: int | None = None) -> row_stream.DataStream:
   """This host's endless training batches (resumable anywhere: row_stream)."""
   process_index, process_count = process_slot(process_index, process_count)
-  check_hosts(config, process_count)
+  config.check_hosts(process_count)
   sources = open_sources(config, vocab_size, config.train_split, config.shuffle_seed)
   return row_stream.DataStream(
       sources, config.weights(list(sources)), global_batch_size=config.global_batch_size,
@@ -144,7 +137,7 @@ def eval_streams(config: DataConfig, vocab_size: int, num_batches: int,
   A store whose split holds fewer than `num_batches` global batches is an
   error rather than a sample that repeats documents."""
   process_index, process_count = process_slot(process_index, process_count)
-  check_hosts(config, process_count)
+  config.check_hosts(process_count)
   seed = None if config.dataset == BYTES and not config.stores else EVAL_SEED
   sources = open_sources(config, vocab_size, config.eval_split, seed)
   for name, source in sources.items():

@@ -9,6 +9,8 @@ checked against a device count the caller passes in.
 import dataclasses
 import math
 
+from common.checks import check_int
+
 # Mesh axis order, by increasing network traffic (what `create_device_mesh`
 # expects): tensor (all-reduces of activations in every block) is innermost;
 # sequence (small halos and carries to neighbouring shards) sits next to it.
@@ -37,11 +39,9 @@ class MeshConfig:
     for kind in ("ici", "dcn"):
       names = [f"{kind}_{axis}" for axis in AXES]
       for name in names:
-        value = getattr(self, name)
-        if (not isinstance(value, int) or isinstance(value, bool)
-            or (value < 1 and value != -1)):
-          raise ValueError(f"mesh.{name}={value!r} must be a positive integer, "
-                           "or -1 for the rest of the devices.")
+        if getattr(self, name) != -1:
+          check_int(f"mesh.{name}", getattr(self, name), 1,
+                    "or -1 for the rest of the devices.")
       inferred = [f"mesh.{name}=-1" for name in names if getattr(self, name) == -1]
       if len(inferred) > 1:
         raise ValueError(f"{' and '.join(inferred)}: at most one {kind.upper()} "
@@ -54,9 +54,8 @@ class MeshConfig:
     Raises ValueError when the sizes do not multiply to the devices of a slice
     (`num_devices / num_slices`) or to `num_slices`.
     """
-    for name, value in (("num_devices", num_devices), ("num_slices", num_slices)):
-      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer.")
+    check_int("num_devices", num_devices)
+    check_int("num_slices", num_slices)
     if num_devices % num_slices:
       raise ValueError(f"num_devices={num_devices} is not divisible by "
                        f"num_slices={num_slices}; slices must be the same size.")

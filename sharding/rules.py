@@ -24,7 +24,10 @@ table maps each name to mesh axes (None = replicated). Paper §4.1 layout:
     data shards (`fsdp` is the axis that shards them).
 """
 
+from typing import Mapping
+
 import jax
+import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -92,6 +95,23 @@ def named(mesh: jax.sharding.Mesh, specs):
                       is_leaf=lambda x: isinstance(x, P))
 
 
+def opt_state_shardings(optimizer: optax.GradientTransformation, abstract_opt_state,
+                        param_shardings: nnx.State, mesh: jax.sharding.Mesh):
+  """The optimizer state's shardings: moments like their parameters, the rest
+  (step counts) replicated."""
+  return optax.tree_map_params(
+      optimizer, lambda _, sharding: sharding, abstract_opt_state, param_shardings,
+      transform_non_params=lambda _: NamedSharding(mesh, P()),
+      is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
+def with_shardings(abstract, shardings):
+  """ShapeDtypeStructs that carry their shardings: what Orbax restores into and
+  what an ahead-of-time lowering takes."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   """Rows of a (B, T) batch over data x fsdp."""
   return NamedSharding(mesh, spec_for(("batch", None), "batch"))
@@ -108,15 +128,17 @@ def activation_rules():
   return nnx.logical_axis_rules(RULES)
 
 
-def check_batch_divisible(global_batch_size: int, mesh: jax.sharding.Mesh,
-                          grad_accum_steps: int = 1):
-  """Each micro-batch splits evenly over the devices that hold different rows."""
+def check_batch_divisible(global_batch_size: int, axis_sizes: Mapping[str, int],
+                          grad_accum_steps: int = 1, where: str = ""):
+  """Each micro-batch splits evenly over the devices that hold different rows.
+  `axis_sizes`: a mesh's `shape`, or the sizes a config resolves to (`where`
+  says on what, e.g. " on 2 x v5p-128")."""
   rows = 1
   for axis in _TABLE["batch"]:
-    rows *= mesh.shape[axis]
+    rows *= axis_sizes[axis]
   if global_batch_size % (rows * grad_accum_steps):
     accum = (f" / optimizer.grad_accum_steps={grad_accum_steps} micro-batches"
              if grad_accum_steps > 1 else "")
     raise ValueError(f"data.global_batch_size={global_batch_size}{accum} is not divisible by "
                      f"the {rows} batch shards (mesh axes {_TABLE['batch']} of "
-                     f"{dict(mesh.shape)}); use a multiple of {rows * grad_accum_steps}")
+                     f"{dict(axis_sizes)}{where}); use a multiple of {rows * grad_accum_steps}")

@@ -1,4 +1,4 @@
-"""The compile-only TPU check (launch/aot.py): the accelerator-type table, tiny
+"""The compile-only TPU check (aot/compile_check.py): the accelerator-type table, tiny
 configs compiled for fake TPU topologies, a step that does not fit, bad input."""
 
 import pathlib
@@ -7,9 +7,11 @@ import sys
 
 import pytest
 
-from launch import aot, topologies
+from aot import compile_check
+from sharding import topologies
 from model import flops
 from sharding.config import MeshConfig
+from sharding.mesh import make_mesh
 from trainer import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -29,7 +31,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_accelerator_type_table(name, topology, chips):
   tpu = topologies.get(name)
   assert (tpu.topology_name, tpu.chips) == (topology, chips)
-  assert 0 < tpu.usable_hbm_bytes < 1.1 * tpu.hbm_bytes and tpu.peak_bf16_flops > 1e14
+  chip = tpu.generation
+  assert 0 < chip.usable_hbm_bytes < 1.1 * chip.hbm_bytes and chip.peak_bf16_flops > 1e14
+  # Every TPU generation prices a roofline (aot/step_time.py) and has hosts.
+  assert chip.hbm_bandwidth > 1e11 and chip.ici_link > 1e10 and chip.host_chips > 0
 
 
 @pytest.mark.parametrize("name, slices", [("v4-32", 1), ("v5e-1", 1), ("v5p-16", 2)])
@@ -46,7 +51,7 @@ def test_topology_gives_one_device_per_chip(name, slices):
 ])
 def test_meshes_over_topology_devices(name, ici):
   devices = topologies.get(name).get_topology_desc().devices
-  mesh = aot.topology_mesh(MeshConfig(**ici), devices)
+  mesh = make_mesh(MeshConfig(**ici), devices)
   assert mesh.devices.size == len(devices) and set(mesh.devices.flat) == set(devices)
   assert all(mesh.shape[key[4:]] == value for key, value in ici.items())
 
@@ -77,13 +82,13 @@ def _check_fits(report, config):
   assert report["train_flops"] == flops.train_flops(config.model, B, T)
   assert report["train_flops"] < report["hardware_flops"]  # remat full recomputes
   assert report["xla_flops_per_device"] > 0
-  text = aot.format_report(report)
+  text = compile_check.format_report(report)
   assert "peak" in text and "usable" in text and text.endswith("FITS")
 
 
 def test_tiny_config_compiles_for_v5e_8():
   config = _tiny(ici_data=2, ici_fsdp=2, ici_tensor=2)
-  report = aot.compile_report(config, "v5e-8")
+  report = compile_check.compile_report(config, "v5e-8")
   assert report["mesh"] == {"data": 2, "fsdp": 2, "sequence": 1, "tensor": 2}
   assert (report["chips"], report["topology"]) == (8, "v5e:2x4")
   _check_fits(report, config)
@@ -93,7 +98,7 @@ def test_tiny_config_compiles_for_v5e_8():
 
 def test_tiny_config_compiles_for_two_slices():
   config = _tiny(ici_data=1, ici_fsdp=-1, dcn_data=-1)
-  report = aot.compile_report(config, "v5e-4", num_slices=2)
+  report = compile_check.compile_report(config, "v5e-4", num_slices=2)
   assert report["mesh"] == {"data": 2, "fsdp": 4, "sequence": 1, "tensor": 1}
   assert report["chips"] == 8
   _check_fits(report, config)
@@ -111,28 +116,28 @@ def test_step_that_does_not_fit_is_reported():
   cd.model.block_pattern = "R"
   cd.data.seq_len = 64
   cd.data.global_batch_size = 1
-  report = aot.compile_report(config_lib.build(cd), "v5e-1")
+  report = compile_check.compile_report(config_lib.build(cd), "v5e-1")
   assert not report["fits"]
   assert "HBM" in report["error"]
-  assert aot.format_report(report).splitlines()[-1].startswith("DOES NOT FIT")
+  assert compile_check.format_report(report).splitlines()[-1].startswith("DOES NOT FIT")
 
 
 def test_bad_input_fails_before_compile():
   with pytest.raises(ValueError, match="unknown TPU accelerator type 'v5e-3'"):
-    aot.compile_report(_tiny(), "v5e-3")
-  with pytest.raises(ValueError, match=r"global_batch_size=12 .* data x fsdp = 8 x 1 = 8"):
-    aot.compile_report(_tiny(batch=12), "v5e-8")
+    compile_check.compile_report(_tiny(), "v5e-3")
+  with pytest.raises(ValueError, match=r"global_batch_size=12 is not divisible by the 8 batch shards .* on 1 x v5e-8\); use a multiple of 8"):
+    compile_check.compile_report(_tiny(batch=12), "v5e-8")
   with pytest.raises(ValueError, match="mesh.ici_fsdp=3"):
-    aot.compile_report(_tiny(ici_data=1, ici_fsdp=3), "v5e-8")
+    compile_check.compile_report(_tiny(ici_data=1, ici_fsdp=3), "v5e-8")
   with pytest.raises(ValueError, match="num_slices=0"):
-    aot.compile_report(_tiny(), "v5e-8", num_slices=0)
+    compile_check.compile_report(_tiny(), "v5e-8", num_slices=0)
   with pytest.raises(ValueError, match="heads"):  # 2 query heads over tensor = 4
-    aot.compile_report(_tiny(ici_data=2, ici_tensor=4), "v5e-8")
+    compile_check.compile_report(_tiny(ici_data=2, ici_tensor=4), "v5e-8")
 
 
 def test_command_line_exits_non_zero_when_the_step_does_not_fit():
   overrides = dict(vocab_size=2**20, width=2048, lru_width=128, depth=1, block_pattern="R")
-  argv = [sys.executable, "-m", "launch.aot", "--config=configs/griffin_tiny.py",
+  argv = [sys.executable, "-m", "aot.compile_check", "--config=configs/griffin_tiny.py",
           "--topology=v5e-1", "--config.data.seq_len=64", "--config.data.global_batch_size=1"]
   argv += [f"--config.model.{name}={value}" for name, value in overrides.items()]
   done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -15,9 +15,10 @@ from flax import nnx
 
 from model.sampling import SamplingConfig
 from pipeline.row_sources import ByteRows
-from trainer.eval_lib import data_parallel_mesh, evaluate, open_checkpoint, restore_here
+from trainer.evaluate_lib import evaluate
+from trainer.inference import data_parallel_mesh, open_checkpoint, restore_here
 from trainer.loss import next_token_nll
-from trainer.run import make_eval_iterator
+from trainer.train_lib import make_eval_iterator
 from trainer.sample_lib import sample
 from trainer.train_loop import run_steps
 from tests.test_trainer import ROOT, data, make_config
@@ -42,8 +43,8 @@ def evaluated(trained):
 
 def test_loss_equals_an_independent_forward_pass(trained, evaluated):
   checkpointer, step, config, _ = open_checkpoint(trained, None, {})
-  setup, params = restore_here(checkpointer, step, config, data_parallel_mesh())
-  model = nnx.merge(setup.graphdef, params)
+  plan, params = restore_here(checkpointer, step, config, data_parallel_mesh())
+  model = nnx.merge(plan.graphdef, params)
   rows = ByteRows("validation", 32, seed=None)  # in file order
   total, count = 0.0, 0
   for k in range(2):

@@ -11,7 +11,8 @@ import tarfile
 
 import pytest
 
-from launch import gke, preflight, topologies, tpu_vm
+from launch import gke, preflight, tpu_vm
+from sharding import topologies
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 IMAGE = "us-docker.pkg.dev/my-project/griffin/trainer:v1"
@@ -151,7 +152,7 @@ def test_tpu_vm_without_image_copies_this_checkout(cloud):
   with tarfile.open(cloud.copy) as tar:
     names = tar.getnames()
   assert {"pyproject.toml", "configs/griffin_tiny.py", "trainer/train.py",
-          "launch/aot.py"} <= set(names)
+          "aot/compile_check.py"} <= set(names)
   assert not [n for n in names if "__pycache__" in n or n.startswith("tests")]
 
 
@@ -204,7 +205,7 @@ def _without(flag):
      "multiply to 64, which does not divide the 32 devices per slice"),
     ("gke", [*JOB_14B, "--config.mesh.ici_data=1", "--config.mesh.ici_fsdp=8",
              "--config.mesh.ici_tensor=8", "--config.data.global_batch_size=16"],
-     "global_batch_size=16 is not divisible by the 32 hosts of 2 x v5p-128"),
+     "global_batch_size=16 is not divisible by the 32 processes (hosts) of 2 x v5p-128"),
     ("tpu_vm", [*_without("--workdir"), "--workdir=/tmp/griffin"],
      "--workdir='/tmp/griffin' must be a gs://BUCKET/PATH"),
     ("gke", [*_without("--name"), "--name=Griffin_14B"], "--name='Griffin_14B' must be"),
@@ -221,7 +222,7 @@ def test_bad_input_fails_before_any_cloud_command(cloud, capsys, launcher, args,
 
 
 def test_compile_check_gates_the_submission(cloud, capfd):
-  """The real `python -m launch.aot`: a step that compiles is submitted; one
+  """The real `python -m aot.compile_check`: a step that compiles is submitted; one
   that fails (2 query heads over tensor 4) submits nothing."""
   tiny = ["--config=configs/griffin_tiny.py", "--config.data.seq_len=64",
           "--workdir=gs://my-bucket/runs/tiny", "--name=tiny", "--cluster=griffin",

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from launch import aot, topologies
+from aot import compile_check
 from model.config import ScanImpl
 from model.pallas_scan import pallas_scan
 from model.scan import auto_scan, get_scan, linear_scan, target_platform
-from sharding import rules
+from sharding import rules, topologies
 from sharding.config import AXES
 from tests.test_model import TINY, loss_and_grad
 from trainer import config as config_lib
@@ -196,22 +196,13 @@ def test_kernel_compiles_for_v5p(dtype, h0_dtype, T):
   assert compiled.cost_analysis()["flops"] >= 6 * (B // 2) * padded_t * (E // 2)
 
 
-class _RecordingStep(aot.TrainStep):
-  """aot's TrainStep, keeping the lowered program to look into."""
-  lowered = []
-
-  def lower(self, *args):
-    _RecordingStep.lowered.append(super().lower(*args))
-    return _RecordingStep.lowered[-1]
-
-
 @pytest.fixture(scope="module", params=[
     ("v5e-8", dict(ici_data=2, ici_fsdp=2, ici_tensor=2)),  # 64 channels a shard
     ("v5p-8", dict(ici_data=2, ici_fsdp=2, ici_tensor=1)),  # 128 channels a shard
 ], ids=["v5e-8", "v5p-8"])
 def tiny_pallas_report(request):
   """test_aot's tiny Griffin with the default scan_impl (auto, which must pick
-  the kernel when compiling for TPU), compiled by aot.compile_report."""
+  the kernel when compiling for TPU), compiled by compile_check.compile_report."""
   name, mesh = request.param
   cd = config_lib.defaults()
   assert cd.model.scan_impl == "auto"
@@ -219,11 +210,9 @@ def tiny_pallas_report(request):
   cd.data.global_batch_size = 16
   for key, value in mesh.items():
     cd.mesh[key] = value
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(aot, "TrainStep", _RecordingStep)
-    _RecordingStep.lowered.clear()
-    report = aot.compile_report(config_lib.build(cd), name)
-    return report, _RecordingStep.lowered[-1].as_text()
+  config = config_lib.build(cd)
+  stablehlo = compile_check.lower_train_step(config, name).lowered.as_text()
+  return compile_check.compile_report(config, name), stablehlo
 
 
 def test_train_step_with_pallas_compiles_for_tpu(tiny_pallas_report):

@@ -1,19 +1,14 @@
-"""Reliability, CI-sized (benchmarks/drills/ runs the full drills; both are
-in docs/reliability.md): SIGKILLs, one of them mid-save, and a SIGTERM leave
-the loss curve bit-identical; a NaN update is skipped, counted and resumed
-exactly; storage that goes away during a save, refuses a commit or fills up
+"""Reliability, CI-sized (drills/ runs the full drills; both are in
+docs/reliability.md; kills and SIGTERM are tests/test_preemption.py's): a NaN
+update is skipped, counted and resumed exactly; storage that goes away during a save, refuses a commit or fills up
 is named and loses nothing committed; a checkpoint of 8 devices continues on
 4; damaged checkpoints and wrong paths are named before anything compiles."""
 
 import json
 import os
 import pathlib
-import random
-import re
 import resource
 import shutil
-import subprocess
-import sys
 import threading
 import time
 
@@ -26,11 +21,10 @@ from tests import test_trainer
 from trainer import config as config_lib
 from trainer.checkpoint import CheckpointSaveError, committed_steps
 from trainer.metrics import read_records as records
-from trainer.rg_import import read_as_numpy
-from trainer.run import make_train_iterator
+from trainer.import_recurrentgemma_lib import read_as_numpy
+from trainer.train_lib import make_train_iterator
 from trainer.train import parse_profile_steps
-from trainer.train_loop import (NonFiniteLossError, PreemptionTimeoutError, StopFlag,
-                                commit_within_grace, run_steps)
+from trainer.train_loop import NonFiniteLossError, run_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A model whose compile, save and restore take seconds; configs/smoke.py
@@ -166,7 +160,7 @@ def test_storage_outage_mid_save_then_a_refused_commit_on_gcs(source_run, health
 def test_a_failing_disk_at_save_is_named_and_keeps_the_previous_step(source_run, tmp_path):
   """The disk refuses the checkpoint's writes once step 2 is committed: a
   file-size limit (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a write past it
-  fails with EFBIG), which needs no root and no mount. benchmarks/drills/
+  fails with EFBIG), which needs no root and no mount. drills/
   fills a real tmpfs (ENOSPC) and makes a directory immutable (EPERM)."""
   workdir, checkpoints = tmp_path / "run", tmp_path / "run" / "checkpoints"
   config = make_config()
@@ -200,105 +194,13 @@ def test_a_failing_disk_at_save_is_named_and_keeps_the_previous_step(source_run,
   assert_same_curve([r[-1] for r in records(workdir).values()], source_run[1])
 
 
-# --- through the command line: kills, preemption, another device count -------
-
-
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-  """A persistent XLA cache the command-line runs share: the first compiles,
-  restarts load (as a restarted job's would, with a cache configured)."""
-  return str(tmp_path_factory.mktemp("xla_cache"))
-
-
-class Run:
-  """`python -m trainer.train` with OVERRIDES, its output read line by line."""
-
-  def __init__(self, workdir, cache: str, devices: int = 8, steps: int = 4):
-    flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, "run.steps": steps}.items()]
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    self.process = subprocess.Popen(
-        [sys.executable, "-m", "trainer.train", f"--config={ROOT}/configs/smoke.py",
-         f"--workdir={workdir}", *flags], cwd=ROOT, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    self.lines = []
-
-  def wait_for(self, pattern: str) -> re.Match:
-    for line in self.process.stdout:
-      self.lines.append(line)
-      match = re.search(pattern, line)
-      if match:
-        return match
-    raise AssertionError(f"no line matched {pattern!r}:\n" + "".join(self.lines[-30:]))
-
-  def finish(self) -> int:
-    self.lines += self.process.stdout.readlines()
-    return self.process.wait()
-
-  def log(self) -> str:
-    return "".join(self.lines)
-
-
-def resumed_from(run: Run) -> int | None:
-  match = re.search(r"resuming from .*/checkpoints/(\d+)", run.log())
-  return int(match.group(1)) if match else None
-
-
-def test_kills_and_a_preemption_leave_the_loss_curve_bit_identical(tmp_path, compile_cache):
-  steps = 10  # room for the SIGTERM to land before the last step, however far run 2 got
-  reference = Run(tmp_path / "reference", compile_cache, steps=steps)
-  assert reference.finish() == 0, reference.log()
-  chain = tmp_path / "chain"
-  checkpoints = chain / "checkpoints"
-
-  # 1. SIGKILL while step 4's save writes (step 2 is committed: a save first
-  # waits for the one before it). Orbax logs a directory before creating it:
-  # the first item's directory means the step's own exists.
-  run = Run(chain, compile_cache, steps=steps)
-  run.wait_for(r"Creating tmp directory .*checkpoints/4\.orbax-checkpoint-tmp/")
-  run.process.kill()
-  run.finish()
-  assert list(checkpoints.glob("4.orbax-checkpoint-tmp*")), "the kill did not land mid-save"
-  assert committed_steps(checkpoints) == [2]
-
-  # 2. SIGKILL at a random moment after the resumed run's first step.
-  run = Run(chain, compile_cache, steps=steps)
-  run.wait_for(r"step \d+ \|")
-  time.sleep(random.uniform(0, 0.3))
-  run.process.kill()
-  run.finish()
-  assert resumed_from(run) == 2  # not the half-written step 4
-
-  # 3. SIGTERM: the step after it is saved and committed, and the exit is 0.
-  before = committed_steps(checkpoints)
-  run = Run(chain, compile_cache, steps=steps)
-  run.wait_for(r"step \d+ \|")
-  run.process.terminate()
-  assert run.finish() == 0, run.log()
-  assert resumed_from(run) == before[-1]
-  stopped = int(re.search(r"SIGTERM: step (\d+) is committed", run.log()).group(1))
-  assert committed_steps(checkpoints)[-1] == stopped < steps
-
-  run = Run(chain, compile_cache, steps=steps)
-  assert run.finish() == 0, run.log()
-  assert resumed_from(run) == stopped
-  # Every record of a step, from whichever run logged it, equals the
-  # uninterrupted run's.
-  want = {step: rs[0] for step, rs in records(tmp_path / "reference").items()}
-  got = records(chain)
-  assert sorted(got) == sorted(want) == list(range(1, steps + 1))
-  for step, logged in got.items():
-    assert_same_curve(logged, [want[step]] * len(logged), keys=("loss", "grad_norm"))
-
-
-def test_a_checkpoint_of_8_devices_continues_on_4(source_run, tmp_path, compile_cache):
+def test_a_checkpoint_of_8_devices_continues_on_4(source_run, tmp_path):
+  from tests.test_preemption import Run  # the command line, as in the kill drills
   """The same data position exactly; the losses as close as a 4-way instead
   of an 8-way sum rounds."""
   workdir, history = source_run
   resumed = copy_until(workdir, 2, tmp_path / "four")
-  run = Run(resumed, compile_cache, devices=4)
+  run = Run(resumed, str(tmp_path / "xla_cache"), devices=4)
   assert run.finish() == 0, run.log()
   assert "8 local devices" not in run.log() and "4 local devices of 4" in run.log()
   got = [r[-1] for r in records(resumed).values()]
@@ -309,39 +211,6 @@ def test_a_checkpoint_of_8_devices_continues_on_4(source_run, tmp_path, compile_
   position = "checkpoints/4/data/metadata"
   assert (json.loads((epath.Path(resumed) / position).read_text())
           == json.loads((workdir / position).read_text()))
-
-
-# --- preemption grace -------------------------------------------------------
-
-
-class _Saving:
-  """A checkpointer whose save of step 4 commits after `seconds`."""
-
-  directory, in_flight = epath.Path("/ckpt"), 4
-
-  def __init__(self, seconds):
-    self.done, self.abandoned = time.monotonic() + seconds, False
-
-  def wait(self, deadline):
-    time.sleep(max(0.0, min(deadline, self.done) - time.monotonic()))
-    return self.done <= deadline
-
-  def abandon(self):
-    self.abandoned = True
-
-  def latest_step(self):
-    return 2
-
-
-def test_preemption_grace_counts_from_the_signal():
-  stop = StopFlag()
-  stop.signal_time = time.monotonic()
-  assert commit_within_grace(_Saving(0.1), stop, 5.0) == 4  # in time: no error
-  slow = _Saving(10.0)
-  with pytest.raises(PreemptionTimeoutError, match=r"step 4 did not commit to /ckpt/4 within "
-                     r"checkpoint.preemption_grace_s=0.2 s .* last committed step is 2"):
-    commit_within_grace(slow, stop, 0.2)
-  assert slow.abandoned
 
 
 # --- bad input: named before anything compiles -------------------------------

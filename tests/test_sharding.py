@@ -23,7 +23,7 @@ from trainer.config import OptimizerConfig
 from trainer.loss import next_token_loss
 from trainer.optimizer import make_optimizer
 from trainer.state import init_state, plan_state
-from trainer.train_step import TrainStep
+from trainer.train_step import TrainStep, device_batch
 
 # Divisible by every mesh below: 8 heads of 16, 8 gate blocks of 16, V, D, F.
 CONFIG = ModelConfig(vocab_size=256, width=128, depth=4, lru_width=128, head_dim=16,
@@ -104,9 +104,10 @@ def test_train_step_donates_and_matches_single_device(reference):
   setup = plan_state(CONFIG, OPTIMIZER, mesh)
   state = init_state(CONFIG, OPTIMIZER, setup, seed=0)
   state = state._replace(params=jax.device_put(params, setup.shardings.params))
-  row = rules.batch_sharding(mesh)
+  tokens_BT, segment_pos_BT = (np.asarray(x) for x in batch())
   step = TrainStep(setup, OPTIMIZER, mesh)
-  new_state, metrics = step(state, *(jax.device_put(x, row) for x in batch()))
+  new_state, metrics = step(state, *device_batch(
+      rules.batch_sharding(mesh), {"tokens": tokens_BT, "segment_pos": segment_pos_BT}))
   np.testing.assert_allclose(metrics["loss"], expected_loss, rtol=1e-6)
   assert int(new_state.step) == 1
   assert jax.tree.leaves(state.params)[0].is_deleted()  # donated
@@ -177,7 +178,7 @@ def test_bad_meshes_and_shapes_are_named_before_compile():
     plan_state(ModelConfig(vocab_size=256, width=128, depth=3, lru_width=128, head_dim=16,
                            gate_blocks=4), OPTIMIZER, mesh_of(1, 1, 8))
   with pytest.raises(ValueError, match="global_batch_size=12 is not divisible by the 8"):
-    rules.check_batch_divisible(12, mesh_of(2, 4, 1))
+    rules.check_batch_divisible(12, mesh_of(2, 4, 1).shape)
 
 
 def test_unannotated_or_unmapped_parameter_is_an_error():

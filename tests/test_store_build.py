@@ -12,7 +12,6 @@ import sys
 import time
 import types
 
-import numpy as np
 import pytest
 
 from pipeline import documents

@@ -13,10 +13,10 @@ import pytest
 from pipeline import streams
 from pipeline import synthetic
 from pipeline.config import DataConfig
-from trainer.eval_lib import evaluate
+from trainer.evaluate_lib import evaluate
 from trainer.loss import (next_token_correct_by_position, next_token_loss,
                           next_token_nll_by_position)
-from trainer.run import make_eval_iterator, make_tokenizer, make_train_iterator
+from trainer.train_lib import make_eval_iterator, make_tokenizer, make_train_iterator
 from trainer.train_loop import run_steps
 from tests.test_trainer import make_config
 

@@ -17,8 +17,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from sharding import rules
 from trainer.config import CheckpointConfig
-from trainer.state import ShardedSetup
+from trainer.state import ParamsPlan, ShardedSetup
 
 STATE, DATA, CONFIG, COUNTERS = "state", "data", "config", "counters"
 
@@ -50,13 +51,6 @@ def check_step_dir(path: str, flag: str = ""):
     found = f"; the step directories in {step_dir.parent}: {steps}"
   raise ValueError(f"{f'{flag}=' if flag else ''}{path} is not a checkpoint step directory "
                    f"(no {STATE}/ in it); give <workdir>/checkpoints/<step>{found}")
-
-
-def restore_target(setup: ShardedSetup):
-  """The abstract state with its shardings: Orbax restores straight into the
-  shards of the current mesh, whatever mesh saved it."""
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      setup.abstract, setup.shardings)
 
 
 def _plain_path(path) -> tuple[str, ...]:
@@ -166,7 +160,7 @@ class Checkpointer:
     given, is moved to the saved position. Returns (state, config_json,
     counters); counters are {} for a checkpoint saved without them."""
     where = self.directory / str(step)
-    target = restore_target(setup)
+    target = rules.with_shardings(setup.abstract, setup.shardings)
     for item in (STATE, CONFIG) + ((DATA,) if data_iterator is not None else ()):
       if not (where / item).exists():
         self._raise_damaged(step, f"{where / item} is missing")
@@ -228,10 +222,10 @@ class Checkpointer:
     self._abandoned = True
 
 
-def restore_params(path: str, setup: ShardedSetup):
-  """Parameters only from a checkpoint step directory (e.g. `--init_params_from`);
-  the optimizer state is never read."""
-  target = {"params": restore_target(setup).params}
+def restore_params(path: str, plan: ParamsPlan):
+  """Parameters only from a checkpoint step directory (e.g. `--init_params_from`),
+  straight into the shards of `plan`; the optimizer state is never read."""
+  target = {"params": rules.with_shardings(plan.abstract, plan.shardings)}
   step_dir = epath.Path(path) / STATE
   checkpointer = ocp.PyTreeCheckpointer()
   saved = checkpointer.metadata(step_dir)
@@ -247,7 +241,7 @@ def restore_params(path: str, setup: ShardedSetup):
 def restore_state(path: str, setup: ShardedSetup):
   """The full train state from a checkpoint step directory (`--init_from`);
   the data position is not taken from it."""
-  target = restore_target(setup)
+  target = rules.with_shardings(setup.abstract, setup.shardings)
   step_dir = epath.Path(path) / STATE
   checkpointer = ocp.StandardCheckpointer()
   saved = checkpointer.metadata(step_dir)

@@ -14,6 +14,7 @@ from absl import flags
 from ml_collections import config_dict
 from ml_collections import config_flags
 
+from common.checks import check_ints
 from model.config import AInit, BlockType, ModelConfig, Remat, ScanImpl
 from pipeline.config import DataConfig
 from sharding.config import MeshConfig
@@ -36,8 +37,8 @@ class OptimizerConfig:
   z_loss: float = 0.0  # weight of log(Z)^2 in the loss; 0 = off
 
   def __post_init__(self):
-    _int_at_least(self, "optimizer", 0, "warmup_steps", "decay_steps")
-    _int_at_least(self, "optimizer", 1, "grad_accum_steps")
+    check_ints("optimizer", self, 0, "warmup_steps", "decay_steps")
+    check_ints("optimizer", self, 1, "grad_accum_steps")
     for name, ok, valid in (
         ("learning_rate", lambda v: v > 0, "> 0"),
         ("end_lr_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -73,8 +74,8 @@ class CheckpointConfig:
   preemption_grace_s: float = 30.0
 
   def __post_init__(self):
-    _int_at_least(self, "checkpoint", 1, "save_every_steps", "max_to_keep")
-    _int_at_least(self, "checkpoint", 0, "keep_period")
+    check_ints("checkpoint", self, 1, "save_every_steps", "max_to_keep")
+    check_ints("checkpoint", self, 0, "keep_period")
     if not isinstance(self.async_save, bool):
       raise ValueError(f"checkpoint.async_save={self.async_save!r} must be a bool.")
     grace = self.preemption_grace_s
@@ -104,8 +105,8 @@ class RunConfig:
   max_skipped_steps: int = 10  # with SKIP: halt when more steps than this were skipped
 
   def __post_init__(self):
-    _int_at_least(self, "run", 1, "steps", "log_every_steps", "eval_steps")
-    _int_at_least(self, "run", 0, "seed", "eval_every_steps", "max_skipped_steps")
+    check_ints("run", self, 1, "steps", "log_every_steps", "eval_steps")
+    check_ints("run", self, 0, "seed", "eval_every_steps", "max_skipped_steps")
     if not isinstance(self.on_non_finite, NonFinite):
       raise ValueError(f"run.on_non_finite={self.on_non_finite!r} is not one of "
                        f"{[e.value for e in NonFinite]}.")
@@ -127,6 +128,7 @@ class Config:
       if not isinstance(getattr(self, name), section_type):
         raise ValueError(f"{name}={getattr(self, name)!r} must be a "
                          f"{section_type.__name__}.")
+    # Before any mesh exists (`sharding/rules.py` checks the mesh's share).
     if self.data.global_batch_size % self.optimizer.grad_accum_steps:
       raise ValueError(f"data.global_batch_size={self.data.global_batch_size} is "
                        "not divisible by optimizer.grad_accum_steps="
@@ -172,6 +174,20 @@ def build(cd: config_dict.ConfigDict) -> Config:
       section = _enum_values(name, section_type, section)
     sections[name] = section_type(**section)
   return Config(**sections)
+
+
+def with_overrides(values, overrides: dict):
+  """`values` (a ConfigDict, or the dict form of `to_dict`) with
+  {"section.field": value} applied as `--config.section.field=value` would
+  be; returns it. A key that names no field is refused."""
+  for key, value in overrides.items():
+    section, _, field = key.partition(".")
+    fields = [f.name for f in dataclasses.fields(_SECTIONS.get(section, Config))]
+    if section not in _SECTIONS or field not in fields:
+      raise ValueError(f"override {key}={value!r} names no config field; give "
+                       f"section.field with a section of {list(_SECTIONS)}, e.g. run.steps")
+    values[section][field] = value
+  return values
 
 
 def _model_values(section: dict) -> dict:
@@ -260,13 +276,6 @@ def define_config_flag(name: str = "config",
   return config_flags.DEFINE_config_file(
       name, None, "Path to a config file in configs/ (a get_config() function).",
       flag_values=flag_values, lock_config=True)
-
-
-def _int_at_least(config, section, low, *names):
-  for name in names:
-    value = getattr(config, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-      raise ValueError(f"{section}.{name}={value!r} must be an integer >= {low}.")
 
 
 def to_dict(config: Config) -> dict:

@@ -29,8 +29,8 @@ config_flags.DEFINE_config_dict("config", config_lib.defaults(), lock_config=Tru
 
 def main(argv):
   del argv
-  from trainer.eval_lib import evaluate  # after flag parsing: importing JAX is slow
-  from trainer.run import make_eval_iterator
+  from trainer.evaluate_lib import evaluate  # after flag parsing: importing JAX is slow
+  from trainer.train_lib import make_eval_iterator
   logging.set_verbosity(logging.INFO)
   overrides = config_flags.get_override_values(flags.FLAGS["config"])
   result = evaluate(_WORKDIR.value, _STEP.value, _EVAL_BATCHES.value, make_eval_iterator,

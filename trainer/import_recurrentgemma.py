@@ -32,7 +32,7 @@ _CONFIG = config_lib.define_config_flag()
 
 def main(argv):
   del argv
-  from trainer.rg_import import import_checkpoint  # after flag parsing: JAX is slow to import
+  from trainer.import_recurrentgemma_lib import import_checkpoint  # after flag parsing: JAX is slow to import
   logging.set_verbosity(logging.INFO)
   base = _CONFIG.value if _CONFIG.value is not None else config_lib.defaults()
   path = import_checkpoint(_CHECKPOINT.value, _TOKENIZER.value, _PRESET.value,

@@ -9,23 +9,14 @@ import jax
 from absl import logging
 from etils import epath
 
-# Peak dense bf16 FLOP/s per device, by `device_kind`. A TPU v4/v5p device is
-# one chip (megacore); "n/a" (None) where we do not know the peak, e.g. CPU.
-PEAK_FLOPS = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5": 459e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12,
-    "NVIDIA H100 80GB HBM3": 989e12,
-    "NVIDIA H200": 989e12,
-}
+from sharding import topologies
 
 
 def peak_flops(device: jax.Device) -> float | None:
-  return PEAK_FLOPS.get(device.device_kind)
+  """Peak dense bf16 FLOP/s of `device` (sharding/topologies.py); None where
+  the table does not know it, e.g. CPU: no MFU then."""
+  generation = topologies.by_device_kind(device.device_kind)
+  return generation.peak_bf16_flops if generation else None
 
 
 class MetricsWriter:

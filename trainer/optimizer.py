@@ -1,6 +1,5 @@
 """AdamW with warmup + cosine decay, global-norm clipping, and a decay mask."""
 
-import jax
 import optax
 from flax import nnx
 
@@ -30,12 +29,3 @@ def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientT
   return optax.chain(clip, optax.adamw(
       learning_rate_schedule(config, total_steps), config.b1, config.b2, config.eps,
       weight_decay=config.weight_decay, mask=decay_mask))
-
-
-def opt_state_specs(optimizer, abstract_opt_state, param_specs):
-  """Optimizer-state PartitionSpecs: moments like their parameters, the rest
-  (step counts) replicated."""
-  return optax.tree_map_params(
-      optimizer, lambda _, spec: spec, abstract_opt_state, param_specs,
-      transform_non_params=lambda _: jax.sharding.PartitionSpec(),
-      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))

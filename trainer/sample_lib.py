@@ -7,8 +7,8 @@ import numpy as np
 
 from model.sampling import SamplingConfig, left_pad, make_generate
 from sharding import rules
-from trainer.eval_lib import data_parallel_mesh, open_checkpoint, restore_here
-from trainer.run import make_tokenizer
+from trainer.inference import data_parallel_mesh, open_checkpoint, restore_here
+from trainer.train_lib import make_tokenizer
 
 
 def sample(workdir: str, step: int | None, prompts: list[str], config: SamplingConfig,
@@ -27,9 +27,9 @@ def sample(workdir: str, step: int | None, prompts: list[str], config: SamplingC
   mesh = data_parallel_mesh()
   shards = jax.device_count()
   ids += [ids[-1]] * (-len(ids) % shards)
-  setup, params = restore_here(checkpointer, step, run_config, mesh)
+  plan, params = restore_here(checkpointer, step, run_config, mesh)
 
-  generate = make_generate(setup.graphdef, config)
+  generate = make_generate(plan.graphdef, config)
   row = rules.batch_sharding(mesh)
   batch = [jax.device_put(x, row) for x in left_pad(ids)]
   key = jax.random.key(seed)

@@ -49,7 +49,7 @@ def parse_profile_steps(values: list[str], steps: int) -> tuple[int, int] | None
 
 def main(argv):
   del argv
-  from trainer.run import train  # after flag parsing: importing JAX is slow
+  from trainer.train_lib import train  # after flag parsing: importing JAX is slow
   from trainer.train_loop import PreemptionTimeoutError
   logging.set_verbosity(logging.INFO)
   config = config_lib.build(_CONFIG.value)

@@ -14,15 +14,14 @@ from etils import epath
 
 from model.flops import train_flops
 from sharding import rules
-from sharding.mesh import make_mesh
 from trainer.checkpoint import Checkpointer, check_step_dir, restore_params, restore_state
 from trainer import config as config_lib
 from trainer.config import Config, NonFinite
-from trainer.eval_lib import Scorer, score_sources, summary
+from trainer.scoring import Scorer, score_sources, summary
 from trainer.metrics import MetricsWriter
-from trainer.optimizer import make_optimizer
-from trainer.state import TrainState, init_state, plan_state
-from trainer.train_step import TrainStep, device_batch
+from trainer.program import Program, build_program
+from trainer.state import TrainState
+from trainer.train_step import device_batch
 
 
 class NonFiniteLossError(RuntimeError):
@@ -88,7 +87,7 @@ def check_workdir(workdir: str) -> epath.Path:
   return path
 
 
-def initial_state(config, optimizer, setup, checkpointer, data_iterator, init_from,
+def initial_state(config: Config, program: Program, checkpointer, data_iterator, init_from,
                   init_params_from) -> tuple[TrainState, dict]:
   """Restore order: this run's latest step -> --init_from (a full state) ->
   --init_params_from (parameters only) -> fresh initialisation.
@@ -98,15 +97,15 @@ def initial_state(config, optimizer, setup, checkpointer, data_iterator, init_fr
   latest = checkpointer.latest_step()
   if latest is not None:
     logging.info("resuming from %s/%d", checkpointer.directory, latest)
-    state, _, counters = checkpointer.restore(latest, setup, data_iterator)
+    state, _, counters = checkpointer.restore(latest, program.setup, data_iterator)
     return state, counters
   if init_from:
     logging.info("initialising the full state from %s", init_from)
-    return restore_state(init_from, setup), {}
-  state = init_state(config.model, optimizer, setup, config.run.seed)
+    return restore_state(init_from, program.setup), {}
+  state = program.init_state(config)
   if init_params_from:
     logging.info("initialising parameters from %s", init_params_from)
-    state = state._replace(params=restore_params(init_params_from, setup))
+    state = state._replace(params=restore_params(init_params_from, program.setup.params))
   return state, {}
 
 
@@ -144,18 +143,13 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
     if path:
       check_step_dir(path, flag)
   stop = stop if stop is not None else StopFlag()
-  mesh = make_mesh(config.mesh)
-  rules.check_batch_divisible(config.data.global_batch_size, mesh,
-                              config.optimizer.grad_accum_steps)
-  optimizer = make_optimizer(config.optimizer, config.run.steps)
-  setup = plan_state(config.model, optimizer, mesh)
+  program = build_program(config)
+  mesh, train_step = program.mesh, program.train_step
   checkpointer = Checkpointer(workdir, config.checkpoint)
-  state, counters = initial_state(config, optimizer, setup, checkpointer, data_iterator,
+  state, counters = initial_state(config, program, checkpointer, data_iterator,
                                   init_from, init_params_from)
   skip = config.run.on_non_finite == NonFinite.SKIP
   skipped_steps = counters.get("skipped_steps", 0)
-  train_step = TrainStep(setup, optimizer, mesh, config.optimizer.z_loss,
-                         config.optimizer.grad_accum_steps, skip_non_finite=skip)
   train_step.compile_now(state, (config.data.global_batch_size, config.data.seq_len))
   barrier("griffin: train step compiled")
   row = rules.batch_sharding(mesh)
@@ -164,7 +158,7 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
       config.model, config.data.global_batch_size, config.data.seq_len), tokens)
   config_json = config_lib.to_dict(config)
   history, pending = [], None  # pending: (step, metrics on device), read one step late
-  scorer = Scorer(setup.graphdef, mesh) if eval_data and config.run.eval_every_steps else None
+  scorer = Scorer(program.setup.graphdef, mesh) if eval_data and config.run.eval_every_steps else None
 
   def settle(pending):
     nonlocal skipped_steps

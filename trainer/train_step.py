@@ -15,9 +15,9 @@ from trainer.state import ShardedSetup, TrainState
 
 def device_batch(row: jax.sharding.NamedSharding, host_batch: dict) -> tuple:
   """(tokens_BT, segment_pos_BT, loss_mask_BT) global arrays from this host's
-  batch. A batch without a "loss_mask" (byte rows) gets all ones: every
-  in-document target counts, and text and task batches share one compiled
-  step."""
+  batch. A batch without a "loss_mask" (text rows) gets all ones here, the one
+  place that default is made: every in-document target counts, and text and
+  task batches share one compiled step."""
   mask = host_batch.get("loss_mask")
   mask = np.ones_like(host_batch["tokens"]) if mask is None else np.asarray(mask, np.int32)
   return tuple(jax.make_array_from_process_local_data(row, x)
@@ -25,17 +25,16 @@ def device_batch(row: jax.sharding.NamedSharding, host_batch: dict) -> tuple:
 
 
 class TrainStep:
-  """`step(state, tokens_BT, segment_pos_BT, loss_mask_BT=None) -> (state, metrics)`.
+  """`step(state, tokens_BT, segment_pos_BT, loss_mask_BT) -> (state, metrics)`.
 
   Contract: the state comes in and goes out with `setup.shardings` and is
   donated (its buffers are reused for the new state, so the caller must not
   touch the old one); the batch comes sharded over data x fsdp; metrics are
   replicated scalars. Call `lower(...)` to compile ahead of time.
 
-  The compiled step always takes a loss mask (1 where the target token
-  counts, `trainer/loss.py`); without one it is all ones, which counts every
-  in-document target: one program for text and for the synthetic tasks, and
-  `lower` without a mask compiles the program the trainer runs.
+  The step always takes a loss mask (1 where the target token counts,
+  `trainer/loss.py`; `device_batch` makes it for text): one program for text
+  and for the synthetic tasks.
 
   With `grad_accum_steps` K > 1 the batch is cut into K micro-batches whose
   summed gradients (a lax.scan, so activations of one micro-batch at a time)
@@ -115,9 +114,7 @@ class TrainStep:
     stack.enter_context(rules.activation_rules())
     return stack
 
-  def __call__(self, state: TrainState, tokens_BT, segment_pos_BT, loss_mask_BT=None):
-    if loss_mask_BT is None:
-      loss_mask_BT = jnp.ones_like(tokens_BT)
+  def __call__(self, state: TrainState, tokens_BT, segment_pos_BT, loss_mask_BT):
     with self.context():
       if self._compiled is not None:
         return self._compiled(state, tokens_BT, segment_pos_BT, loss_mask_BT)
@@ -127,15 +124,13 @@ class TrainStep:
     """Compiles before the first step, so that processes reach their first
     collective together (gloo gives up after 30 s; CPU compiles of the two
     processes can differ by more)."""
-    row = rules.batch_sharding(self.mesh)
-    batch = jax.ShapeDtypeStruct(batch_shape, jax.numpy.int32, sharding=row)
-    self._compiled = self.lower(state, batch, batch, batch).compile()
+    self._compiled = self.lower(state, batch_shape).compile()
 
-  def lower(self, state, tokens_BT, segment_pos_BT, loss_mask_BT=None):
-    """Lower for the given (possibly abstract) arguments, e.g. a TPU topology.
-    Without a mask, the tokens' shape and sharding stand for it (int32, B x T)."""
-    if loss_mask_BT is None:
-      loss_mask_BT = jax.ShapeDtypeStruct(tokens_BT.shape, tokens_BT.dtype,
-                                          sharding=getattr(tokens_BT, "sharding", None))
+  def lower(self, state, batch_shape: tuple[int, int]) -> jax.stages.Lowered:
+    """Lowered for (possibly abstract) `state` and int32 (B, T) batches sharded
+    over the batch axes: the program a run compiles (`compile_now`), or the
+    compile-only check for a TPU topology."""
+    batch = jax.ShapeDtypeStruct(batch_shape, jnp.int32,
+                                 sharding=rules.batch_sharding(self.mesh))
     with self.context():
-      return self._jitted.lower(state, tokens_BT, segment_pos_BT, loss_mask_BT)
+      return self._jitted.lower(state, batch, batch, batch)

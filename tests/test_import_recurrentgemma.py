@@ -2,6 +2,7 @@
 recurrentgemma model saved in its own format gives the same logits after
 import, through our evaluate path; bad input is named before anything is written."""
 
+import pathlib
 import subprocess
 import sys
 
@@ -13,11 +14,11 @@ import pytest
 import recurrentgemma.jax as rg
 from flax import nnx
 
-from pipeline.stdlib_bytes import stdlib_files
+from pipeline.documents import stdlib_files
 from pipeline.tokenizer import train_tokenizer
 from trainer import config as config_lib
-from trainer.rg_import import import_checkpoint
-from trainer.eval_lib import data_parallel_mesh, open_checkpoint, restore_here
+from trainer.import_recurrentgemma_lib import import_checkpoint
+from trainer.inference import data_parallel_mesh, open_checkpoint, restore_here
 from tests.test_trainer import ROOT
 
 VOCAB = 512
@@ -46,7 +47,7 @@ def official(tmp_path_factory):
     logits_BTV = rg_model.apply({"params": params}, tokens_BT, segment_pos_BT,
                                 return_cache=False)[0]
   ocp.PyTreeCheckpointer().save(root / "official", params)  # as its load_parameters reads
-  texts = (path.read_text() for path in stdlib_files()[:40])
+  texts = (pathlib.Path(path).read_text() for path in stdlib_files(40)[0])
   tokenizer = train_tokenizer(texts, VOCAB, max_chars=300_000)
   (root / "tokenizer.model").write_bytes(tokenizer.model_proto)
   return str(root / "official"), str(root / "tokenizer.model"), tokens_BT, logits_BTV
@@ -73,8 +74,8 @@ def test_imported_checkpoint_gives_the_official_logits(official, imported):
   _, _, tokens_BT, expected_BTV = official
   checkpointer, step, config, _ = open_checkpoint(str(imported), None, {})
   assert step == 0 and config.data.tokenizer == str(imported / "tokenizer.model")
-  setup, params = restore_here(checkpointer, step, config, data_parallel_mesh())
-  model = nnx.merge(setup.graphdef, params)
+  plan, params = restore_here(checkpointer, step, config, data_parallel_mesh())
+  model = nnx.merge(plan.graphdef, params)
   logits_BTV, _ = jax.jit(lambda t, s: model(t, s))(
       tokens_BT, jnp.broadcast_to(jnp.arange(T), (B, T)))
   assert np.abs(np.asarray(expected_BTV)).max() > 1.0  # not a trivial model
@@ -83,7 +84,7 @@ def test_imported_checkpoint_gives_the_official_logits(official, imported):
 
 def test_a_tokenizer_of_another_vocabulary_is_refused(official, tmp_path):
   checkpoint, _, _, _ = official
-  other = train_tokenizer((p.read_text() for p in stdlib_files()[:40]), 600, max_chars=300_000)
+  other = train_tokenizer((pathlib.Path(p).read_text() for p in stdlib_files(40)[0]), 600, max_chars=300_000)
   (tmp_path / "other.model").write_bytes(other.model_proto)
   with pytest.raises(ValueError, match="model.vocab_size=512 does not match the "
                      "tokenizer's vocabulary of 600"):

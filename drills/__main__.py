@@ -1,4 +1,4 @@
-"""python -m benchmarks.drills: run the drills, print the table."""
+"""python -m drills: run the drills, print the table."""
 
 import os
 import random
@@ -8,11 +8,11 @@ import time
 
 from absl import app, flags, logging
 
-from benchmarks.drills.harness import Drill, Run
-from benchmarks.drills.non_finite import nan_drill
-from benchmarks.drills.processes import kill_drill, preemption_drill
-from benchmarks.drills.storage import disk_drill, storage_drill
-from benchmarks.drills.topology import topology_drill
+from drills.harness import Drill, Run
+from drills.non_finite import nan_drill
+from drills.processes import kill_drill, preemption_drill
+from drills.storage import disk_drill, storage_drill
+from drills.topology import topology_drill
 
 DRILLS = ("kill", "preemption", "nan", "storage", "topology", "disk")
 _OUT = flags.DEFINE_string("out", "/tmp/griffin_drills", "Workdirs, logs and the XLA cache "

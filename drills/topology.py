@@ -7,7 +7,7 @@ import time
 
 from etils import epath
 
-from benchmarks.drills.harness import Drill, OVERRIDES, ROOT, Run, STEPS, committed, records
+from drills.harness import Drill, OVERRIDES, ROOT, Run, STEPS, committed, records
 
 
 # --- another device or process count ------------------------------------------

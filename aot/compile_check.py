@@ -1,15 +1,16 @@
 """Compile the real train step for a TPU pod on this (CPU) machine: does it fit?
 
-    python -m launch.aot --config=configs/griffin_14b.py --topology=v5p-128 \
+    python -m aot.compile_check --config=configs/griffin_14b.py --topology=v5p-128 \
         [--num_slices=N] [--config.section.field=value ...]
 
 Builds the fake devices of the TPU topology (libtpu, the `tpu` or `test` extra),
 the mesh from the config's mesh section over them, the sharded abstract state,
-and compiles `TrainStep` for (global_batch, seq_len) int32 batches. Prints the
+and compiles the train step `trainer/program.py` builds for a run of the config,
+for (global_batch, seq_len) int32 batches. Prints the
 per-device memory (XLA's memory_analysis), the analytic step FLOPs
 (model/flops.py), a compute-only roofline step time and the MFU bound; exits 1
 when the step does not fit the chip's HBM. No TPU, no allocation: only the
-compiler runs. `python -m benchmarks.roofline` (launch/roofline.py) adds HBM
+compiler runs. `python -m aot.roofline` adds HBM
 bytes and collectives to the step time estimate.
 """
 
@@ -18,7 +19,8 @@ import sys
 import time
 from typing import NamedTuple
 
-from launch import topologies
+from common.checks import check_int
+from sharding import topologies
 
 # Before JAX starts: the host's own devices stay CPU (with libtpu installed JAX
 # would otherwise try to open a TPU), and libtpu loads quietly.
@@ -26,89 +28,48 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 topologies.quiet_libtpu()
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
-from jax.experimental import mesh_utils  # noqa: E402
 
 from model import flops  # noqa: E402
 from sharding import rules  # noqa: E402
-from sharding.config import AXES  # noqa: E402
-from sharding.mesh import make_mesh, num_slices_of  # noqa: E402
 from trainer import config as config_lib  # noqa: E402
-from trainer.optimizer import make_optimizer  # noqa: E402
-from trainer.state import ShardedSetup, plan_state  # noqa: E402
-from trainer.train_step import TrainStep  # noqa: E402
+from trainer.program import Program, build_program  # noqa: E402
 
 _MEMORY_FIELDS = ("argument", "output", "alias", "temp", "generated_code")
 
 
 def validate(config: config_lib.Config, accelerator_type: str,
              num_slices: int) -> tuple[topologies.TpuType, dict[str, int]]:
-  """Checks that need no compile; returns the TPU type and the mesh sizes."""
+  """Checks that need no compile (nor libtpu); returns the TPU type and the
+  mesh axis sizes."""
   tpu = topologies.get(accelerator_type)
-  if not isinstance(num_slices, int) or isinstance(num_slices, bool) or num_slices < 1:
-    raise ValueError(f"num_slices={num_slices!r} must be a positive integer.")
+  check_int("num_slices", num_slices)
   sizes = config.mesh.resolve(tpu.chips * num_slices, num_slices)
-  batch_ways = sizes["data"] * sizes["fsdp"]
-  accum = config.optimizer.grad_accum_steps
-  if config.data.global_batch_size % (batch_ways * accum):
-    raise ValueError(
-        f"data.global_batch_size={config.data.global_batch_size} in {accum} micro-batch(es) "
-        f"is not divisible by the batch's mesh ways data x fsdp = {sizes['data']} x "
-        f"{sizes['fsdp']} = {batch_ways} on {num_slices} x {accelerator_type}; use a "
-        f"multiple of {batch_ways * accum}.")
+  rules.check_batch_divisible(config.data.global_batch_size, sizes,
+                              config.optimizer.grad_accum_steps,
+                              f" on {num_slices} x {accelerator_type}")
   return tpu, sizes
-
-
-def topology_mesh(mesh_config, devices) -> jax.sharding.Mesh:
-  """`sharding.mesh.make_mesh`, falling back to splitting physical torus axes.
-
-  make_mesh maps each logical axis onto whole physical axes, which fails for
-  common shapes (data 8 x fsdp 32 on v5e:16x16, fsdp 32 x tensor 2 on
-  v5p:4x4x4) with NotImplementedError. Until make_mesh passes
-  `allow_split_physical_axes=True` itself, build those meshes here the same way
-  (that flag changes nothing for meshes that already map without splitting).
-  """
-  try:
-    return make_mesh(mesh_config, devices)
-  except NotImplementedError:
-    pass
-  ici, dcn = mesh_config.resolve_ici_dcn(len(devices), num_slices_of(devices))
-  ici_shape, dcn_shape = [ici[a] for a in AXES], [dcn[a] for a in AXES]
-  if num_slices_of(devices) > 1:
-    grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices,
-                                                allow_split_physical_axes=True)
-  else:
-    grid = mesh_utils.create_device_mesh(ici_shape, devices,
-                                         allow_split_physical_axes=True)
-  return jax.sharding.Mesh(grid, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
 
 
 class LoweredStep(NamedTuple):
   """The train step lowered for a TPU topology, and what it was lowered over."""
   tpu: topologies.TpuType
   sizes: dict[str, int]  # mesh axis sizes
-  mesh: jax.sharding.Mesh
-  setup: ShardedSetup
+  program: Program
   lowered: jax.stages.Lowered
 
 
 def lower_train_step(config: config_lib.Config, accelerator_type: str,
                      num_slices: int = 1) -> LoweredStep:
-  """`TrainStep` lowered for (global_batch, seq_len) int32 batches on the fake
-  devices of `num_slices` x `accelerator_type`; `.lowered.compile()` runs the
-  TPU compiler. Raises ValueError for bad input, before anything is traced."""
+  """The program a run of `config` compiles (`trainer/program.py`), lowered
+  over the fake devices of `num_slices` x `accelerator_type`;
+  `.lowered.compile()` runs the TPU compiler. Raises ValueError for bad
+  input, before anything is traced."""
   tpu, sizes = validate(config, accelerator_type, num_slices)
-  mesh = topology_mesh(config.mesh, tpu.get_topology_desc(num_slices).devices)
-  optimizer = make_optimizer(config.optimizer, config.run.steps)
-  setup = plan_state(config.model, optimizer, mesh)
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       setup.abstract, setup.shardings)
-  B, T = config.data.global_batch_size, config.data.seq_len
-  batch_BT = jax.ShapeDtypeStruct((B, T), jnp.int32, sharding=rules.batch_sharding(mesh))
-  lowered = TrainStep(setup, optimizer, mesh, config.optimizer.z_loss,
-                      config.optimizer.grad_accum_steps).lower(state, batch_BT, batch_BT)
-  return LoweredStep(tpu, sizes, mesh, setup, lowered)
+  program = build_program(config, tpu.get_topology_desc(num_slices).devices)
+  lowered = program.train_step.lower(program.abstract_state(),
+                                     (config.data.global_batch_size, config.data.seq_len))
+  return LoweredStep(tpu, sizes, program, lowered)
 
 
 def compile_report(config: config_lib.Config, accelerator_type: str,
@@ -120,19 +81,19 @@ def compile_report(config: config_lib.Config, accelerator_type: str,
   Raises ValueError for bad input, before anything compiles.
   """
   start = time.perf_counter()  # lowering included, as before the split
-  tpu, sizes, _, setup, lowered = lower_train_step(config, accelerator_type, num_slices)
+  tpu, sizes, program, lowered = lower_train_step(config, accelerator_type, num_slices)
   B, T = config.data.global_batch_size, config.data.seq_len
-  chips = tpu.chips * num_slices
+  chips, chip = tpu.chips * num_slices, tpu.generation
   train = flops.train_flops(config.model, B, T)
   hardware = train + flops.remat_flops(config.model, B, T)
   report = dict(
       accelerator_type=accelerator_type, topology=tpu.topology_name,
       num_slices=num_slices, chips=chips, mesh=sizes, global_batch=B, seq_len=T,
       remat=config.model.remat.value, params=sum(
-          a.size for a in jax.tree.leaves(setup.abstract.params)),
-      hbm_bytes=tpu.usable_hbm_bytes, hbm_nominal_bytes=tpu.hbm_bytes,
+          a.size for a in jax.tree.leaves(program.setup.abstract.params)),
+      hbm_bytes=chip.usable_hbm_bytes, hbm_nominal_bytes=chip.hbm_bytes,
       train_flops=train, hardware_flops=hardware,
-      roofline_step_s=hardware / (chips * tpu.peak_bf16_flops),
+      roofline_step_s=hardware / (chips * chip.peak_bf16_flops),
       mfu_bound=train / hardware, error=None)
   try:
     compiled = lowered.compile()
@@ -154,15 +115,15 @@ def compile_report(config: config_lib.Config, accelerator_type: str,
   cost = compiled.cost_analysis()
   report["xla_flops_per_device"] = (cost or {}).get("flops")
   need = max(report["peak_bytes"], report["total_bytes"])
-  report["fits"] = need <= tpu.usable_hbm_bytes
+  report["fits"] = need <= report["hbm_bytes"]
   if not report["fits"]:
     report["error"] = (f"{need / 2**30:.2f} GiB per device exceeds the "
-                       f"{tpu.usable_hbm_bytes / 2**30:.2f} GiB usable HBM")
+                       f"{report['hbm_bytes'] / 2**30:.2f} GiB usable HBM")
   return report
 
 
 def format_report(r: dict) -> str:
-  """The report as the lines `python -m launch.aot` prints."""
+  """The report as the lines `python -m aot.compile_check` prints."""
   gib = lambda n: "n/a" if n is None else f"{n / 2**30:.2f} GiB"  # noqa: E731
   mesh = " x ".join(f"{axis} {size}" for axis, size in r["mesh"].items())
   lines = [
@@ -184,7 +145,7 @@ def format_report(r: dict) -> str:
           "n/a" if r["xla_flops_per_device"] is None
           else f"{r['xla_flops_per_device'] / 1e12:.3f} T"),
       f"compute-only roofline step time at peak bf16: {r['roofline_step_s'] * 1e3:.1f} ms "
-      "(benchmarks/roofline.py adds HBM and ICI); "
+      "(python -m aot.roofline adds HBM and ICI); "
       f"MFU bound (model / hardware FLOPs): {100 * r['mfu_bound']:.1f}%",
       "FITS" if r["fits"] else f"DOES NOT FIT: {r['error']}"]
   return "\n".join(lines)

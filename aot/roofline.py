@@ -2,7 +2,7 @@
 estimated from compile-only checks on this CPU host (no TPU needed).
 
 Command, from the repository root (libtpu from the `tpu` or `test` extra):
-  python -m benchmarks.roofline [--rows=all] [--cache=/tmp/roofline_cache.json]
+  python -m aot.roofline [--rows=all] [--cache=/tmp/roofline_cache.json]
       [--check_full=griffin_1b@v5p-16]
 Three compiles per row, one at a time, 2-11 minutes each on a shared 2-core
 host (about 90 minutes for all six rows). The HLO of every compile is kept
@@ -10,7 +10,7 @@ gzipped in roofline_hlo/ beside the cache, so a change to the analysis re-reads
 it instead of compiling again.
 
 Each row compiles the real train step three times at small depth and
-extrapolates to the config's depth (`launch/roofline.py` says how and why);
+extrapolates to the config's depth (`aot/roofline_fit.py` says how and why);
 `--check_full` also compiles the listed rows at full depth and prints how far
 the fit's prediction of that compile's figures is from XLA's. Measurements are
 cached in `--cache` (keyed by config, overrides, topology and variant), so a
@@ -29,7 +29,7 @@ import sys
 
 from absl import app, flags
 
-from launch import roofline
+from aot import roofline_fit, variants
 
 _ROWS = flags.DEFINE_list("rows", ["all"], "Row names (config@topology[+knob]) or all.")
 _CACHE = flags.DEFINE_string("cache", "/tmp/roofline_cache.json", "Measurement cache.")
@@ -38,7 +38,7 @@ _CHECK_FULL = flags.DEFINE_list("check_full", [], "Rows to compile at full depth
 TARGET_MFU = 0.60  # the performance issue's target for griffin_7b on v5p
 AUTO = {"model.scan_impl": "auto"}
 # (name, config file, accelerator type, overrides). The meshes are the config
-# files' (fsdp fixed, data = the rest), as `python -m launch.aot` compiles them.
+# files' (fsdp fixed, data = the rest), as `python -m aot.compile_check` compiles them.
 ROWS = (
     ("griffin_1b@v5e-16", "griffin_1b", "v5e-16", {}),
     # v5p-16 is 8 chips: the config's fsdp 16 becomes 8 (8 rows per chip).
@@ -61,10 +61,7 @@ def build_config(config_name: str, overrides: dict):
 
   from trainer import config as config_lib
   cd = importlib.import_module(f"configs.{config_name}").get_config()
-  for key, value in {**AUTO, **overrides}.items():
-    section, field = key.split(".")
-    cd[section][field] = value
-  return config_lib.build(cd)
+  return config_lib.build(config_lib.with_overrides(cd, {**AUTO, **overrides}))
 
 
 class Cache:
@@ -82,10 +79,10 @@ class Cache:
                             key.replace("|", "_").replace("@", "_").replace("=", ""))
         os.makedirs(os.path.dirname(keep), exist_ok=True)
         if os.path.exists(f"{keep}.cost.json"):  # compiled before; re-read
-          figures = roofline.measure_saved(keep, config, accelerator_type, num_slices, groups)
+          figures = variants.measure_saved(keep, config, accelerator_type, num_slices, groups)
         else:
           print(f"compiling {key} ...", file=sys.stderr, flush=True)
-          figures = roofline.compile_variant(config, accelerator_type, num_slices, copies,
+          figures = variants.compile_variant(config, accelerator_type, num_slices, copies,
                                              groups, keep=keep)
           print(f"  {figures['compile_s']:.0f} s", file=sys.stderr, flush=True)
         self.entries[key] = figures
@@ -159,7 +156,7 @@ def main(argv):
   for name in names:
     config_name, accelerator_type, overrides = known[name]
     config = build_config(config_name, overrides)
-    results.append((name, roofline.estimate(config, accelerator_type,
+    results.append((name, roofline_fit.estimate(config, accelerator_type,
                                             measure_fn=cache.measure_fn(name))))
   print(table(results))
   for name, r in results:
@@ -168,11 +165,11 @@ def main(argv):
   for name in _CHECK_FULL.value:
     config_name, accelerator_type, overrides = known[name]
     config = build_config(config_name, overrides)
-    row = dict(results)[name] if name in dict(results) else roofline.estimate(
+    row = dict(results)[name] if name in dict(results) else roofline_fit.estimate(
         config, accelerator_type, measure_fn=cache.measure_fn(name))
     full = cache.measure_fn(name)(config, accelerator_type, 1, 1, config.model.num_groups)
-    print(f"\n{name} at full depth: " + roofline.format_check(
-        roofline.check_full(row, full)))
+    print(f"\n{name} at full depth: " + roofline_fit.format_check(
+        roofline_fit.check_full(row, full)))
 
 
 if __name__ == "__main__":

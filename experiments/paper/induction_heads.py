@@ -1,13 +1,13 @@
 """Induction heads (paper §6.2, Fig. 5b): train at one length, recall at many.
 
 Command, from the repository root (the table in docs/results.md):
-  python -m benchmarks.paper.induction_heads --out=/tmp/paper_induction
+  python -m experiments.paper.induction_heads --out=/tmp/paper_induction
 
 Trains Griffin, Hawk and MQA (~250K parameters, configs/paper_induction_heads.py)
 with `trainer.train_loop.run_steps` for the config's steps (or, with
 --stop_when_solved, until validation accuracy reaches --solved_accuracy),
 then scores the last checkpoint with
-`trainer.eval_lib.evaluate` on validation rows of 1x, 2x, 4x, ... up to
+`trainer.evaluate_lib.evaluate` on validation rows of 1x, 2x, 4x, ... up to
 --max_multiple x the training length: accuracy = the argmax at the second
 TRIGGER is the token that followed the first, one answer per row. Longer rows
 cost more (MQA's attention is quadratic), so rows per length fall as the
@@ -20,18 +20,10 @@ import time
 
 from absl import app, flags
 
-from benchmarks.paper import common
+from experiments.paper import common
 from configs import paper_induction_heads
 
-_OUT = flags.DEFINE_string("out", None, "Directory for the runs, JSON, plot and table.",
-                           required=True)
-_FAMILIES = flags.DEFINE_list("families", ["griffin", "hawk", "mqa"], "griffin, hawk, mqa.")
-_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds (init and training rows), one run each.")
-_STEPS = flags.DEFINE_integer("steps", 0, "Most training steps per run (also the schedule); "
-                             "0 = the config's.")
-_SEQ_LEN = flags.DEFINE_integer("seq_len", 0, "Training length; 0 = the config's (the "
-                               "paper: 256, with --window=128).")
-_WINDOW = flags.DEFINE_integer("window", 0, "Griffin's local window; 0 = the config's.")
+_RUN = common.define_run_flags(paper_length="256, with --window=128")
 _SOLVED = flags.DEFINE_float("solved_accuracy", 0.99, "Validation accuracy that counts "
                              "as solved (the table's 'solved at' step).")
 _STOP = flags.DEFINE_bool("stop_when_solved", False, "Stop training at --solved_accuracy "
@@ -71,9 +63,7 @@ def extrapolate(workdir: str, train_len: int) -> list[dict]:
 def main(argv):
   del argv
   results, start = [], time.time()
-  for family, seed, workdir in common.runs(_OUT.value, _FAMILIES.value, _SEEDS.value):
-    values = common.run_overrides(family, seed, _STEPS.value, _SEQ_LEN.value, _WINDOW.value)
-    config = common.build(paper_induction_heads.get_config, values)
+  for family, seed, workdir, values, config in _RUN.configs(paper_induction_heads.get_config):
     run = common.train(config, workdir, _SOLVED.value if _STOP.value else 2.0)
     solved = [e["step"] for e in run["evals"] if e["eval_accuracy"] >= _SOLVED.value]
     eval_start = time.time()
@@ -91,10 +81,10 @@ def main(argv):
            f"{r['evals'][-1]['eval_accuracy']:.3f}",
            *[f"{s['accuracy']:.3f}" for s in r["lengths"]],
            f"{r['wall_s']:.0f}", f"{r['eval_s']:.0f}"] for r in results]
-  common.finish(_OUT.value, headers, rows, results, start, notes=(
+  common.finish(_RUN.out.value, headers, rows, results, start, notes=(
       "rows (answers) scored per length: " + ", ".join(
           f"{s['multiple']}x {s['rows']}" for s in results[0]["lengths"]),))
-  common.plot(os.path.join(_OUT.value, "extrapolation.png"),
+  common.plot(os.path.join(_RUN.out.value, "extrapolation.png"),
               [(f"{r['family']} (seed {r['seed']})", [s["seq_len"] for s in r["lengths"]],
                 [s["accuracy"] for s in r["lengths"]]) for r in results],
               xlabel="evaluation length (tokens)", ylabel="accuracy of the recall",

@@ -2,11 +2,11 @@
 default corpus: Griffin, Hawk and MQA at matched parameters and steps.
 
 Command, from the repository root (the table in docs/results.md):
-  python -m benchmarks.paper.long_context --out=/tmp/paper_long_context
+  python -m experiments.paper.long_context --out=/tmp/paper_long_context
 
 Trains each family with `trainer.train_loop.run_steps` on configs/paper_long_context.py
 (byte-level rows of the interpreter's standard library), then
-`trainer.eval_lib.evaluate(..., length_multiple=4)` scores validation rows of
+`trainer.evaluate_lib.evaluate(..., length_multiple=4)` scores validation rows of
 4x the training length by document position. The paper: the recurrent models
 keep improving past the training length, MQA with RoPE does not. Writes
 <out>/<family>_s<seed>/ (with evaluate's eval_<step>.json and plot),
@@ -19,15 +19,11 @@ import time
 import numpy as np
 from absl import app, flags
 
-from benchmarks.paper import common
+from experiments.paper import common
 from configs import paper_long_context
 from trainer.eval_report import binned
 
-_OUT = flags.DEFINE_string("out", None, "Directory for the runs, JSON, plot and table.",
-                           required=True)
-_FAMILIES = flags.DEFINE_list("families", ["griffin", "hawk", "mqa"], "griffin, hawk, mqa.")
-_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds (init and row order), one run each.")
-_STEPS = flags.DEFINE_integer("steps", 0, "Training steps; 0 = the config's.")
+_RUN = common.define_run_flags()
 _EVAL_BATCHES = flags.DEFINE_integer("eval_batches", 16, "Validation batches per length.")
 _MULTIPLE = flags.DEFINE_integer("length_multiple", 4, "Loss by position up to this "
                                  "multiple of the training length.")
@@ -48,9 +44,7 @@ def bin_means(by_position: dict, bins) -> list[float]:
 def main(argv):
   del argv
   results, start = [], time.time()
-  for family, seed, workdir in common.runs(_OUT.value, _FAMILIES.value, _SEEDS.value):
-    values = common.run_overrides(family, seed, _STEPS.value)
-    config = common.build(paper_long_context.get_config, values)
+  for family, seed, workdir, values, config in _RUN.configs(paper_long_context.get_config):
     run = common.train(config, workdir)
     eval_start = time.time()
     result = common.score(workdir, {}, _EVAL_BATCHES.value, _MULTIPLE.value)
@@ -64,7 +58,7 @@ def main(argv):
   rows = [[r["family"], r["seed"], f"{r['params']:,}", r["steps"], f"{r['loss']:.3f}",
            *[f"{m:.3f}" for m in bin_means(r["by_position"], bins)],
            f"{r['wall_s']:.0f}", f"{r['eval_s']:.0f}"] for r in results]
-  common.finish(_OUT.value, headers, rows, results, start, notes=(
+  common.finish(_RUN.out.value, headers, rows, results, start, notes=(
       "mean next-byte NLL (nats) over the positions of each column; rows of "
       f"{train_len * _MULTIPLE.value} bytes",))
   series = []
@@ -72,7 +66,7 @@ def main(argv):
     edges, means = binned(r["by_position"]["nll_sum"], r["by_position"]["count"], 24)
     centers = np.sqrt(edges[:-1] * np.maximum(edges[1:] - 1, edges[:-1]))
     series.append((f"{r['family']} (seed {r['seed']})", centers, means))
-  common.plot(os.path.join(_OUT.value, "loss_by_position.png"), series,
+  common.plot(os.path.join(_RUN.out.value, "loss_by_position.png"), series,
               xlabel="token position in row", ylabel="mean next-byte NLL (nats)",
               title="Loss by position, stdlib bytes", xscale="log",
               vline=(train_len, f"training length {train_len}"))

@@ -1,7 +1,7 @@
 """Selective copying (paper §6.2, Fig. 5a): steps each family needs to solve it.
 
 Command, from the repository root (the table in docs/results.md):
-  python -m benchmarks.paper.selective_copying --out=/tmp/paper_copy
+  python -m experiments.paper.selective_copying --out=/tmp/paper_copy
 
 Trains Griffin, Hawk and MQA (~250K parameters, configs/paper_selective_copying.py)
 with `trainer.train_loop.run_steps`, scoring the validation rows every
@@ -17,18 +17,10 @@ import time
 
 from absl import app, flags
 
-from benchmarks.paper import common
+from experiments.paper import common
 from configs import paper_selective_copying
 
-_OUT = flags.DEFINE_string("out", None, "Directory for the runs, JSON, plot and table.",
-                           required=True)
-_FAMILIES = flags.DEFINE_list("families", ["griffin", "hawk", "mqa"], "griffin, hawk, mqa.")
-_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds (init and training rows), one run each.")
-_STEPS = flags.DEFINE_integer("steps", 0, "Most steps per run (also the schedule); "
-                             "0 = the config's.")
-_SEQ_LEN = flags.DEFINE_integer("seq_len", 0, "Training length; 0 = the config's (the "
-                               "paper: 1024, with --window=512).")
-_WINDOW = flags.DEFINE_integer("window", 0, "Griffin's local window; 0 = the config's.")
+_RUN = common.define_run_flags(paper_length="1024, with --window=512")
 _SOLVED = flags.DEFINE_float("solved_accuracy", 0.95, "Validation accuracy that counts "
                              "as solved; the run stops there (> 1: never stop early).")
 THRESHOLDS = (0.5, 0.9)  # also reported: the first step past each
@@ -43,9 +35,7 @@ def main(argv):
   del argv
   results, start = [], time.time()
   thresholds = (*THRESHOLDS, _SOLVED.value)
-  for family, seed, workdir in common.runs(_OUT.value, _FAMILIES.value, _SEEDS.value):
-    values = common.run_overrides(family, seed, _STEPS.value, _SEQ_LEN.value, _WINDOW.value)
-    config = common.build(paper_selective_copying.get_config, values)
+  for family, seed, workdir, values, config in _RUN.configs(paper_selective_copying.get_config):
     run = common.train(config, workdir, _SOLVED.value)
     results.append({"family": family, "seed": seed, "seq_len": config.data.seq_len,
                     "max_steps": config.run.steps,
@@ -58,8 +48,8 @@ def main(argv):
            f"{r['step_s']:.3f}", f"{r['wall_s']:.0f}"] for r in results]
   headers = ["family", "seed", "params", *[f"steps to {t:.0%}" for t in thresholds],
              "last accuracy @ step", "s/step", "wall s"]
-  common.finish(_OUT.value, headers, rows, results, start)
-  common.plot(os.path.join(_OUT.value, "curves.png"),
+  common.finish(_RUN.out.value, headers, rows, results, start)
+  common.plot(os.path.join(_RUN.out.value, "curves.png"),
               [(f"{r['family']} (seed {r['seed']})", [e["step"] for e in r["evals"]],
                 [e["eval_accuracy"] for e in r["evals"]]) for r in results],
               xlabel="training step", ylabel="validation accuracy (copied tokens)",

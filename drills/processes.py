@@ -7,7 +7,7 @@ import random
 import re
 import time
 
-from benchmarks.drills.harness import (MID_SAVE, SAVE_EVERY, STEPS, Drill, Run, committed,
+from drills.harness import (MID_SAVE, SAVE_EVERY, STEPS, Drill, Run, committed,
                                        same_curve)
 
 

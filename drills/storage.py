@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 
-from benchmarks.drills.harness import (Drill, ROOT, Run, SAVE_STARTED, committed, final_error,
+from drills.harness import (Drill, ROOT, Run, SAVE_STARTED, committed, final_error,
                                        same_curve)
 
 
@@ -16,7 +16,7 @@ from benchmarks.drills.harness import (Drill, ROOT, Run, SAVE_STARTED, committed
 
 def storage_drill(d: Drill, outage_limit_s: int):
   sys.path.insert(0, ROOT)
-  from tests.conftest import GcsEmulator  # the test suite's emulator with fault injection
+  from tests.gcs_emulator import GcsEmulator  # the test suite's, with fault injection
 
   reference = d.uninterrupted()
   emulator = GcsEmulator(d.path("gcs")).start()

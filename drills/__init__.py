@@ -9,10 +9,10 @@ one module per kind of fault.
 
 Command, from the repository root (about 15 minutes on a shared 2-core CPU;
 the disk drills mount a tmpfs and an ext4 loop file: root; skipped otherwise):
-  python -m benchmarks.drills --out=/tmp/griffin_drills
-  python -m benchmarks.drills --drills=kill --kills=20
+  python -m drills --out=/tmp/griffin_drills
+  python -m drills --drills=kill --kills=20
 
 All runs share a persistent XLA cache in --out (a restarted job with a cache
 configured compiles once); GCS is the test suite's emulator
-(tests/conftest.py: GcsEmulator), stopped, restarted and made to refuse writes.
+(tests/gcs_emulator.py: GcsEmulator), stopped, restarted and made to refuse writes.
 """

@@ -24,7 +24,6 @@ all-to-all send S (n - 1) / n; all-reduce 2 S (n - 1) / n (reduce-scatter then
 all-gather); collective-permute S.
 """
 
-import collections
 import dataclasses
 import math
 import re
@@ -226,10 +225,3 @@ def while_loops(hlo_text: str) -> list[tuple[str, int]]:
         loops.append((body, trip_count(computations[condition], line)))
   return loops
 
-
-def summarize(found: list[Collective]) -> dict[str, float]:
-  """Bytes per chip per step by kind (traffic), for reports."""
-  totals = collections.Counter()
-  for c in found:
-    totals[c.kind] += c.traffic_bytes * c.runs
-  return dict(totals)

@@ -16,7 +16,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from trainer.metrics import read_records as records  # noqa: E402 - after the device count
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STEPS, SAVE_EVERY = 100, 4
 # A Griffin ((R, R, A) blocks, local attention) that compiles in seconds.

@@ -1,22 +1,25 @@
-"""What the paper experiments share: configs with per-family overrides, a
-training run through the real loop with its validation curve, and the table.
+"""What the paper experiments share: their flags, configs with per-family
+overrides, a training run through the real loop with its validation curve,
+and the table.
 
 Every experiment trains with `trainer.train_loop.run_steps` and scores with
-`trainer.eval_lib.evaluate`, exactly what `python -m trainer.train` and
+`trainer.evaluate_lib.evaluate`, exactly what `python -m trainer.train` and
 `python -m trainer.evaluate` run.
 """
 
 import json
 import os
 import time
+from typing import NamedTuple
 
+from absl import flags
 from etils import epath
 
 from model.presets import param_count
 from trainer import config as config_lib
 from trainer.config import Config
-from trainer.eval_lib import evaluate
-from trainer.run import make_eval_iterator, make_train_iterator
+from trainer.evaluate_lib import evaluate
+from trainer.train_lib import make_eval_iterator, make_train_iterator
 from trainer.train_loop import StopFlag, run_steps
 
 # The three families of the paper at the same width and depth: Griffin keeps
@@ -27,6 +30,45 @@ FAMILY_OVERRIDES = {
     "hawk": {"model.block_pattern": "R"},
     "mqa": {"model.block_pattern": "A", "model.attention_window": None},
 }
+
+
+class RunFlags(NamedTuple):
+  """The flags every paper experiment takes; seq_len and window are None
+  where an experiment keeps the config's."""
+  out: flags.FlagHolder
+  families: flags.FlagHolder
+  seeds: flags.FlagHolder
+  steps: flags.FlagHolder
+  seq_len: flags.FlagHolder | None
+  window: flags.FlagHolder | None
+
+  def configs(self, get_config):
+    """(family, seed, workdir, overrides, Config) of every run the flags ask
+    for: `runs`, each with its `run_overrides` applied to a config file's
+    `get_config()`."""
+    for family, seed, workdir in runs(self.out.value, self.families.value, self.seeds.value):
+      values = run_overrides(family, seed, self.steps.value,
+                             self.seq_len.value if self.seq_len is not None else 0,
+                             self.window.value if self.window is not None else 0)
+      yield family, seed, workdir, values, build(get_config, values)
+
+
+def define_run_flags(paper_length: str = "") -> RunFlags:
+  """--out, --families, --seeds and --steps; with `paper_length` (the paper's
+  training length and window, for the help) --seq_len and --window too."""
+  lengths = (flags.DEFINE_integer("seq_len", 0, "Training length; 0 = the config's (the "
+                                  f"paper: {paper_length})."),
+             flags.DEFINE_integer("window", 0, "Griffin's local window; 0 = the config's."),
+             ) if paper_length else (None, None)
+  return RunFlags(
+      flags.DEFINE_string("out", None, "Directory for the runs, JSON, plot and table.",
+                          required=True),
+      flags.DEFINE_list("families", list(FAMILY_OVERRIDES), "griffin, hawk, mqa."),
+      flags.DEFINE_list("seeds", ["0"], "Seeds (initialisation and training rows), one run "
+                        "each."),
+      flags.DEFINE_integer("steps", 0, "Training steps per run (also the schedule; a run "
+                           "that stops once solved takes fewer); 0 = the config's."),
+      *lengths)
 
 
 def runs(out: str, families: list[str], seeds: list[str]):
@@ -57,11 +99,7 @@ def run_overrides(family: str, seed: int, steps: int = 0, seq_len: int = 0,
 def build(get_config, overrides: dict) -> Config:
   """`get_config()` of a config file with {"section.field": value} applied,
   as `--config.section.field=value` would."""
-  cd = get_config()
-  for key, value in overrides.items():
-    section, field = key.split(".")
-    cd[section][field] = value
-  return config_lib.build(cd)
+  return config_lib.build(config_lib.with_overrides(get_config(), overrides))
 
 
 def command(config_file: str, overrides: dict, workdir: str) -> str:
@@ -123,7 +161,7 @@ def train(config: Config, workdir: str, solved_accuracy: float = 2.0) -> dict:
 
 
 def score(workdir: str, overrides: dict, eval_batches: int, length_multiple: int = 0) -> dict:
-  """`trainer.eval_lib.evaluate` of the latest checkpoint in `workdir`."""
+  """`trainer.evaluate_lib.evaluate` of the latest checkpoint in `workdir`."""
   return evaluate(workdir, None, eval_batches, make_eval_iterator, overrides, length_multiple)
 
 

@@ -1,0 +1,1 @@
+"""Small pieces every other folder may import (it imports none of them)."""

@@ -1,0 +1,10 @@
+"""Experiments: runs that reproduce results, each printing the table that
+docs/results.md holds. `paper/` has the paper's small experiments (selective
+copying, induction heads, loss by position beyond the training length);
+learning-rate sweeps will join them here.
+
+Every experiment trains through `trainer.train_loop.run_steps` and scores
+through `trainer.evaluate_lib`, the code `python -m trainer.train` and
+`python -m trainer.evaluate` run. Commands, from the repository root:
+  python -m experiments.paper.<name> --out=/tmp/<dir>
+"""
