@@ -29,8 +29,11 @@ def launch(command: list[str], num_processes: int, devices_per_process: int,
                      f"{devices_per_process} must be >= 1")
   os.makedirs(log_dir, exist_ok=True)
   coordinator = f"127.0.0.1:{free_port()}"
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+  # The caller's other XLA flags are kept; the device count is this one.
+  inherited = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
+               if not flag.startswith("--xla_force_host_platform_device_count")]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(
+      [*inherited, f"--xla_force_host_platform_device_count={devices_per_process}"]))
   procs = []
   for i in range(num_processes):
     log = open(os.path.join(log_dir, f"process_{i}.log"), "w")

@@ -5,23 +5,25 @@ import os
 import shutil
 import tempfile
 
+from tests.cpu_devices import xla_flags
+
 # Must run before jax is imported anywhere: multi-device tests use these.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8").strip()
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {xla_flags(8)}".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the session, this process and the
+# commands the tests start (they inherit the environment): the many tests that
+# train the same tiny config again (a resumed run, another process) load the
+# compiled program instead of compiling it; it lives only as long as the run.
+_CACHE_DIR = tempfile.mkdtemp(prefix="griffin_test_xla_cache_")
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE_DIR,
+                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")
-# One persistent compilation cache for the session: the many tests that train
-# the same tiny config again (a resumed run, a second process) load the
-# compiled program instead of compiling it; it lives only as long as the run.
-_CACHE_DIR = tempfile.mkdtemp(prefix="griffin_test_xla_cache_")
-atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
-jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 import pytest  # noqa: E402

@@ -86,14 +86,30 @@ def _check_fits(report, config):
   assert "peak" in text and "usable" in text and text.endswith("FITS")
 
 
-def test_tiny_config_compiles_for_v5e_8():
-  config = _tiny(ici_data=2, ici_fsdp=2, ici_tensor=2)
-  report = compile_check.compile_report(config, "v5e-8")
-  assert report["mesh"] == {"data": 2, "fsdp": 2, "sequence": 1, "tensor": 2}
-  assert (report["chips"], report["topology"]) == (8, "v5e:2x4")
+@pytest.fixture(scope="module", params=[
+    ("v5e-8", dict(ici_data=2, ici_fsdp=2, ici_tensor=2)),  # 64 RG-LRU channels a shard
+    ("v5p-8", dict(ici_data=2, ici_fsdp=2, ici_tensor=1)),  # 128 channels a shard
+], ids=["v5e-8", "v5p-8"])
+def tiny_report(request):
+  """The tiny Griffin with the default scan_impl (auto, which must pick the
+  Pallas kernel when compiling for TPU): (config, report, StableHLO)."""
+  name, mesh = request.param
+  config = _tiny(**mesh)
+  assert config.model.scan_impl.value == "auto"
+  stablehlo = compile_check.lower_train_step(config, name).lowered.as_text()
+  return config, compile_check.compile_report(config, name), stablehlo
+
+
+def test_tiny_config_compiles_for_tpu_with_the_pallas_kernel(tiny_report):
+  config, report, stablehlo = tiny_report
   _check_fits(report, config)
-  assert report["roofline_step_s"] == pytest.approx(
-      report["hardware_flops"] / (8 * 197e12))
+  assert "tpu_custom_call" in stablehlo  # the Mosaic kernel, not the interpreter
+  assert report["mesh"] == {"data": 2, "fsdp": 2, "sequence": 1,
+                            "tensor": config.mesh.ici_tensor}
+  if report["accelerator_type"] == "v5e-8":
+    assert (report["chips"], report["topology"]) == (8, "v5e:2x4")
+    assert report["roofline_step_s"] == pytest.approx(
+        report["hardware_flops"] / (8 * 197e12))
 
 
 def test_tiny_config_compiles_for_two_slices():

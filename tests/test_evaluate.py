@@ -21,6 +21,7 @@ from trainer.loss import next_token_nll
 from trainer.train_lib import make_eval_iterator
 from trainer.sample_lib import sample
 from trainer.train_loop import run_steps
+from tests.cpu_devices import xla_flags
 from tests.test_trainer import ROOT, data, make_config
 
 STEPS = {"run.steps": 4, "run.eval_every_steps": 2, "run.eval_steps": 1,
@@ -79,7 +80,7 @@ def test_validation_during_training_matches_evaluate(trained):
 
 
 def test_the_command_restores_onto_another_device_count(trained, evaluated):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(2))
   done = subprocess.run(
       [sys.executable, "-m", "trainer.evaluate", f"--workdir={trained}", "--eval_batches=2",
        "--length_multiple=0", "--config.data.global_batch_size=8"],

@@ -44,8 +44,10 @@ def official(tmp_path_factory):
   segment_pos_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
   with jax.numpy_rank_promotion("allow"):  # the oracle broadcasts implicitly
     params = jax.jit(rg_model.init)(jax.random.key(0), tokens_BT, segment_pos_BT)["params"]
-    logits_BTV = rg_model.apply({"params": params}, tokens_BT, segment_pos_BT,
-                                return_cache=False)[0]
+    # Jitted: the eager oracle takes seconds per call on CPU.
+    logits_BTV = jax.jit(lambda p, t, s: rg_model.apply({"params": p}, t, s,
+                                                        return_cache=False)[0])(
+        params, tokens_BT, segment_pos_BT)
   ocp.PyTreeCheckpointer().save(root / "official", params)  # as its load_parameters reads
   texts = (pathlib.Path(path).read_text() for path in stdlib_files(40)[0])
   tokenizer = train_tokenizer(texts, VOCAB, max_chars=300_000)

@@ -1,6 +1,7 @@
 """The Pallas RG-LRU kernel (model/pallas_scan.py) against linear_scan, run by
 the Pallas interpreter on CPU: values and gradients, dtypes, resets, padding,
-sharding; the Mosaic kernel compiled for TPU topologies ahead of time."""
+sharding. (The train step with the Mosaic kernel compiled for TPU topologies
+ahead of time: tests/test_aot.py.)"""
 
 import dataclasses
 import functools
@@ -10,14 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aot import compile_check
 from model.config import ScanImpl
 from model.pallas_scan import pallas_scan
 from model.scan import auto_scan, get_scan, linear_scan, target_platform
 from sharding import rules, topologies
 from sharding.config import AXES
 from tests.test_model import TINY, loss_and_grad
-from trainer import config as config_lib
 
 BF16_EPS = 2.0**-8  # bf16 keeps 8 significant bits: rounding errs by <= 2^-8 relative.
 
@@ -194,29 +193,3 @@ def test_kernel_compiles_for_v5p(dtype, h0_dtype, T):
   # The cost estimates reach XLA: at least the kernels' 6 FLOPs per element.
   padded_t = -(-T // 256) * 256
   assert compiled.cost_analysis()["flops"] >= 6 * (B // 2) * padded_t * (E // 2)
-
-
-@pytest.fixture(scope="module", params=[
-    ("v5e-8", dict(ici_data=2, ici_fsdp=2, ici_tensor=2)),  # 64 channels a shard
-    ("v5p-8", dict(ici_data=2, ici_fsdp=2, ici_tensor=1)),  # 128 channels a shard
-], ids=["v5e-8", "v5p-8"])
-def tiny_pallas_report(request):
-  """test_aot's tiny Griffin with the default scan_impl (auto, which must pick
-  the kernel when compiling for TPU), compiled by compile_check.compile_report."""
-  name, mesh = request.param
-  cd = config_lib.defaults()
-  assert cd.model.scan_impl == "auto"
-  cd.data.seq_len = 64
-  cd.data.global_batch_size = 16
-  for key, value in mesh.items():
-    cd.mesh[key] = value
-  config = config_lib.build(cd)
-  stablehlo = compile_check.lower_train_step(config, name).lowered.as_text()
-  return compile_check.compile_report(config, name), stablehlo
-
-
-def test_train_step_with_pallas_compiles_for_tpu(tiny_pallas_report):
-  report, stablehlo = tiny_pallas_report
-  assert report["fits"] and report["error"] is None, report
-  assert report["peak_bytes"] > 0
-  assert "tpu_custom_call" in stablehlo  # the Mosaic kernel, not the interpreter

@@ -13,6 +13,7 @@ import time
 import pytest
 from etils import epath
 
+from tests.cpu_devices import xla_flags
 from tests.test_reliability import OVERRIDES, ROOT, assert_same_curve
 from trainer.checkpoint import committed_steps
 from trainer.metrics import read_records as records
@@ -22,22 +23,13 @@ from trainer.train_loop import PreemptionTimeoutError, StopFlag, commit_within_g
 # --- through the command line: kills, preemption, another device count -------
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-  """A persistent XLA cache the command-line runs share: the first compiles,
-  restarts load (as a restarted job's would, with a cache configured)."""
-  return str(tmp_path_factory.mktemp("xla_cache"))
-
-
 class Run:
   """`python -m trainer.train` with OVERRIDES, its output read line by line."""
 
-  def __init__(self, workdir, cache: str, devices: int = 8, steps: int = 4):
+  def __init__(self, workdir, devices: int = 8, steps: int = 4):
     flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, "run.steps": steps}.items()]
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+               XLA_FLAGS=xla_flags(devices))  # and the session's compilation cache
     self.process = subprocess.Popen(
         [sys.executable, "-m", "trainer.train", f"--config={ROOT}/configs/smoke.py",
          f"--workdir={workdir}", *flags], cwd=ROOT, env=env, text=True,
@@ -65,9 +57,9 @@ def resumed_from(run: Run) -> int | None:
   return int(match.group(1)) if match else None
 
 
-def test_kills_and_a_preemption_leave_the_loss_curve_bit_identical(tmp_path, compile_cache):
+def test_kills_and_a_preemption_leave_the_loss_curve_bit_identical(tmp_path):
   steps = 10  # room for the SIGTERM to land before the last step, however far run 2 got
-  reference = Run(tmp_path / "reference", compile_cache, steps=steps)
+  reference = Run(tmp_path / "reference", steps=steps)
   assert reference.finish() == 0, reference.log()
   chain = tmp_path / "chain"
   checkpoints = chain / "checkpoints"
@@ -75,7 +67,7 @@ def test_kills_and_a_preemption_leave_the_loss_curve_bit_identical(tmp_path, com
   # 1. SIGKILL while step 4's save writes (step 2 is committed: a save first
   # waits for the one before it). Orbax logs a directory before creating it:
   # the first item's directory means the step's own exists.
-  run = Run(chain, compile_cache, steps=steps)
+  run = Run(chain, steps=steps)
   run.wait_for(r"Creating tmp directory .*checkpoints/4\.orbax-checkpoint-tmp/")
   run.process.kill()
   run.finish()
@@ -83,7 +75,7 @@ def test_kills_and_a_preemption_leave_the_loss_curve_bit_identical(tmp_path, com
   assert committed_steps(checkpoints) == [2]
 
   # 2. SIGKILL at a random moment after the resumed run's first step.
-  run = Run(chain, compile_cache, steps=steps)
+  run = Run(chain, steps=steps)
   run.wait_for(r"step \d+ \|")
   time.sleep(random.uniform(0, 0.3))
   run.process.kill()
@@ -92,7 +84,7 @@ def test_kills_and_a_preemption_leave_the_loss_curve_bit_identical(tmp_path, com
 
   # 3. SIGTERM: the step after it is saved and committed, and the exit is 0.
   before = committed_steps(checkpoints)
-  run = Run(chain, compile_cache, steps=steps)
+  run = Run(chain, steps=steps)
   run.wait_for(r"step \d+ \|")
   run.process.terminate()
   assert run.finish() == 0, run.log()
@@ -100,7 +92,7 @@ def test_kills_and_a_preemption_leave_the_loss_curve_bit_identical(tmp_path, com
   stopped = int(re.search(r"SIGTERM: step (\d+) is committed", run.log()).group(1))
   assert committed_steps(checkpoints)[-1] == stopped < steps
 
-  run = Run(chain, compile_cache, steps=steps)
+  run = Run(chain, steps=steps)
   assert run.finish() == 0, run.log()
   assert resumed_from(run) == stopped
   # Every record of a step, from whichever run logged it, equals the

@@ -200,7 +200,7 @@ def test_a_checkpoint_of_8_devices_continues_on_4(source_run, tmp_path):
   of an 8-way sum rounds."""
   workdir, history = source_run
   resumed = copy_until(workdir, 2, tmp_path / "four")
-  run = Run(resumed, str(tmp_path / "xla_cache"), devices=4)
+  run = Run(resumed, devices=4)
   assert run.finish() == 0, run.log()
   assert "8 local devices" not in run.log() and "4 local devices of 4" in run.log()
   got = [r[-1] for r in records(resumed).values()]

@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.row_sources import ByteRows
 from pipeline.row_stream import DataStream
+from tests.cpu_devices import xla_flags
 from trainer import config as config_lib
 from trainer.train_loop import NonFiniteLossError, StopFlag, run_steps
 
@@ -215,10 +216,9 @@ def _run(workdir, processes, steps, tmp_path, devices=8):
   """The real command on `processes` processes sharing `devices` CPU devices;
   runs of the same program share compiled steps through a persistent XLA cache."""
   command = _train_command(workdir, "--config.mesh.ici_fsdp=2", steps=steps)
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")  # with the session's compilation cache
   if processes == 1:
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    env["XLA_FLAGS"] = xla_flags(8)
     subprocess.run(command, env=env, cwd=ROOT, check=True, capture_output=True)
   else:
     subprocess.run([sys.executable, "-m", "launch.local", f"--num_processes={processes}",
