@@ -95,8 +95,8 @@ def act(fv, action: str):
   # xpk's own --dry-run prints the commands and manifest instead of applying them.
   preflight.run(create_command(fv, job))
   if not fv["dry_run"].value:
-    print(f"submitted {job.name}: {job.num_slices} x {job.tpu.name}, {job.hosts} pods; "
-          f"watch: the `logs` action, or TensorBoard on {job.workdir}")
+    preflight.print_started(job, f"submitted {job.name}: {job.num_slices} x "
+                                 f"{job.tpu.name}, {job.hosts} pods")
 
 
 def main(argv: list[str]) -> int:

@@ -228,6 +228,10 @@ def _check_installed(argv: list[str]):
                        f"({_INSTALL_HINTS.get(argv[0], 'install it')}).")
 
 
+def print_started(job: Job, what: str):
+  print(f"{what}; watch: the `logs` action, or TensorBoard on {job.workdir}")
+
+
 def run_all(commands: list[list[str]], dry_run: bool = False):
   """Runs the commands at once (one per slice) and waits for all of them."""
   for argv in commands:

@@ -189,8 +189,7 @@ def act(fv, action: str):
     preflight.run_all([_ssh(fv, node, run_command(fv, job))
                        for node in nodes(job.name, job.num_slices)], dry_run=dry)
     if not dry:
-      print(f"started on {job.hosts} hosts; watch: the `logs` action, or TensorBoard "
-            f"on {job.workdir}")
+      preflight.print_started(job, f"started on {job.hosts} hosts")
 
 
 def main(argv: list[str]) -> int:
