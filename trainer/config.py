@@ -103,10 +103,18 @@ class RunConfig:
   eval_steps: int = 10  # batches per evaluation
   on_non_finite: NonFinite = NonFinite.HALT
   max_skipped_steps: int = 10  # with SKIP: halt when more steps than this were skipped
+  lm_eval_every_steps: int = 0  # 0 = no lm-eval during training (docs/evaluation.md)
+  lm_eval_tasks: str = ""  # comma-separated lm-eval tasks or suites, e.g. "piqa,hellaswag"
+  lm_eval_include_path: str = ""  # a folder of local task YAMLs
+  lm_eval_builtin_tasks: bool = True  # False: only those YAMLs (skips indexing lm-eval's ~15k)
+  lm_eval_limit: int = 0  # documents per task; 0 = all
 
   def __post_init__(self):
     check_ints("run", self, 1, "steps", "log_every_steps", "eval_steps")
-    check_ints("run", self, 0, "seed", "eval_every_steps", "max_skipped_steps")
+    check_ints("run", self, 0, "seed", "eval_every_steps", "max_skipped_steps",
+               "lm_eval_every_steps", "lm_eval_limit")
+    if self.lm_eval_every_steps and not str(self.lm_eval_tasks).strip(" ,"):
+      raise ValueError(f"run.lm_eval_every_steps={self.lm_eval_every_steps} needs run.lm_eval_tasks.")
     if not isinstance(self.on_non_finite, NonFinite):
       raise ValueError(f"run.on_non_finite={self.on_non_finite!r} is not one of "
                        f"{[e.value for e in NonFinite]}.")

@@ -16,6 +16,7 @@ from model.flops import train_flops
 from sharding import rules
 from trainer.checkpoint import Checkpointer, check_step_dir, restore_params, restore_state
 from trainer import config as config_lib
+from trainer import lm_eval_lib
 from trainer.config import Config, NonFinite
 from trainer.scoring import Scorer, score_sources, summary
 from trainer.metrics import MetricsWriter
@@ -118,7 +119,8 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   With `eval_data` (a fresh validation iterator per call) and
   `run.eval_every_steps`, the loss and next-token accuracy of `run.eval_steps`
   validation batches are logged as `eval_loss` and `eval_accuracy` every that
-  many steps.
+  many steps. With `run.lm_eval_every_steps`, lm-eval's scores of
+  `run.lm_eval_tasks` as `lm_eval/<task>/<metric>` (trainer/lm_eval_lib.py).
 
   `profile_steps=(start, stop)` writes a profiler trace of steps start..stop
   (inclusive, counted from 1) to <workdir>/profile.
@@ -143,6 +145,8 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
     if path:
       check_step_dir(path, flag)
   stop = stop if stop is not None else StopFlag()
+  # Before anything compiles: a missing lm-eval or an unknown task stops the run here.
+  harness = lm_eval_lib.InTraining(config) if config.run.lm_eval_every_steps else None
   program = build_program(config)
   mesh, train_step = program.mesh, program.train_step
   checkpointer = Checkpointer(workdir, config.checkpoint)
@@ -209,6 +213,8 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
                                  "eval_accuracy": result["accuracy"],
                                  **{f"eval_loss_{name}": source["loss"]
                                     for name, source in by_source.items()}})
+      if harness and step % config.run.lm_eval_every_steps == 0:
+        writer.write_eval(step, harness(state.params, program.setup.graphdef, mesh))
       if step % config.checkpoint.save_every_steps == 0 or step == config.run.steps or stop:
         settle(pending)  # never checkpoint a state whose loss was not finite
         pending = None

@@ -1,0 +1,214 @@
+"""lm-evaluation-harness on our models: task names and suites, the evaluation
+of a saved step (`python -m trainer.lm_eval`), its results file and table,
+and the evaluation inside training (`run.lm_eval_every_steps`).
+
+lm-eval is an optional extra: nothing here imports it (or JAX) before an
+evaluation is asked for, so a missing install or a bad task name is reported
+in a second or two.
+"""
+
+import difflib
+import importlib
+import json
+import os
+import time
+
+from absl import logging
+from etils import epath
+
+SUITES = {
+    # The paper's Table 1 (De, Smith et al., 2024): MMLU, HellaSwag, PIQA,
+    # WinoGrande, ARC-E, ARC-C.
+    "paper_table1": ("mmlu", "hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge"),
+    # The zero-shot suite of the linear-RNN papers (Mamba, GLA, ...).
+    "linear_rnn_zero_shot": ("wikitext", "lambada_openai", "piqa", "hellaswag", "winogrande",
+                             "arc_easy", "arc_challenge"),
+}
+INSTALL = "pip install -e '.[lm_eval]'"
+FEWSHOT_SEED = 1234  # lm-eval's default, so few-shot examples are those its CLI picks
+
+
+def require_harness():
+  """Imports lm-eval, or says how to install it."""
+  try:
+    importlib.import_module("lm_eval")
+  except ImportError as e:
+    raise ImportError(f"lm-eval is not installed ({e}); install it with {INSTALL}") from e
+
+
+def expand_tasks(tasks: str, flag: str = "--tasks") -> list[str]:
+  """Comma-separated task names -> names, each suite replaced by its tasks
+  (first occurrence kept)."""
+  names = []
+  for name in (part.strip() for part in str(tasks).split(",")):
+    for task in SUITES.get(name, (name,) if name else ()):
+      if task not in names:
+        names.append(task)
+  if not names:
+    raise ValueError(f"{flag}={tasks!r} names no task; give lm-eval task names or a "
+                     f"suite of {sorted(SUITES)}, comma-separated")
+  return names
+
+
+def task_manager(names: list[str], include_path: str = "", builtin_tasks: bool = True,
+                 flag: str = "--tasks", path_flag: str = "--include_path"):
+  """lm-eval's index of the tasks under `include_path` and, with
+  `builtin_tasks`, of its own (~15k names: about 10 s on 2 cores), once every
+  name is known to it: else one line naming the first unknown one and the
+  closest known names."""
+  require_harness()
+  from lm_eval.tasks import TaskManager
+  if include_path and not os.path.isdir(include_path):
+    raise ValueError(f"{path_flag}={include_path} is not a directory of lm-eval task YAMLs")
+  if not include_path and not builtin_tasks:
+    raise ValueError(f"no tasks to choose from: {path_flag} is empty and the built-in tasks "
+                     "are turned off")
+  manager = TaskManager(include_path=include_path or None, include_defaults=builtin_tasks)
+  known = set(manager.all_tasks)
+  for name in names:
+    if name not in known:
+      where = " or ".join(([] if not builtin_tasks else ["lm-eval's own"])
+                          + ([f"those under {include_path}"] if include_path else []))
+      close = difflib.get_close_matches(name, manager.all_tasks, n=5, cutoff=0.75)
+      raise ValueError(f"{flag}: {name!r} is not a task, group or tag among {where}; "
+                       f"closest: {close or 'none'}; suites: {sorted(SUITES)}")
+  return manager
+
+
+def flat_metrics(results: dict) -> dict[str, float]:
+  """{"lm_eval/<task>/<metric>": value} for every numeric score of the tasks
+  and groups (lm-eval puts both in "results"; a filter other than "none" is
+  appended: `exact_match_strip`); standard errors are left out."""
+  flat = {}
+  for task, scores in results["results"].items():
+    for key, value in scores.items():
+      metric, _, filter_name = key.partition(",")
+      if (not filter_name or metric.endswith("_stderr") or isinstance(value, bool)
+          or not isinstance(value, (int, float))):
+        continue
+      suffix = "" if filter_name == "none" else f"_{filter_name}"
+      flat[f"lm_eval/{task}/{metric}{suffix}"] = float(value)
+  return flat
+
+
+def table(results: dict) -> str:
+  """task, metric, value, stderr: one line per score."""
+  def number(value):
+    return f"{value:.4f}" if isinstance(value, (int, float)) else str(value)
+  lines = [f"{'task':<28} {'metric':<24} {'value':>10} {'stderr':>10}"]
+  for task, scores in results["results"].items():  # groups included
+    for key, value in scores.items():
+      metric, _, filter_name = key.partition(",")
+      if not filter_name or metric.endswith("_stderr"):
+        continue
+      stderr = scores.get(f"{metric}_stderr,{filter_name}", "N/A")
+      name = metric if filter_name == "none" else f"{metric},{filter_name}"
+      lines.append(f"{task:<28} {name:<24} {number(value):>10} {number(stderr):>10}")
+  return "\n".join(lines)
+
+
+def write_results(results: dict, path: str):
+  """lm-eval's results JSON (without per-sample logs), written here: lm-eval's
+  own writer logs a failed write as a warning and goes on."""
+  from lm_eval.utils import handle_non_serializable
+  results = {k: v for k, v in results.items() if k != "samples"}
+  target = epath.Path(path)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  target.write_text(json.dumps(results, indent=2, default=handle_non_serializable,
+                               ensure_ascii=False))
+
+
+def load_lm(workdir: str, step: int | None = None, *, batch_size: int = 16,
+            max_length: int = 0, max_gen_toks: int = 256, seed: int = 0):
+  """(GriffinLM over the parameters of `step` (default the latest) on all of
+  this machine's devices, the step). `max_length` 0 = the training length."""
+  require_harness()
+  from trainer.inference import data_parallel_mesh, open_checkpoint, restore_here
+  from trainer.lm_eval_model import GriffinLM
+  from trainer.train_lib import make_tokenizer
+  checkpointer, step, config, train_seq_len = open_checkpoint(workdir, step, {})
+  tokenizer = make_tokenizer(config)
+  mesh = data_parallel_mesh()
+  plan, params = restore_here(checkpointer, step, config, mesh)
+  lm = GriffinLM(plan.graphdef, params, tokenizer, mesh, max_length=max_length or train_seq_len,
+                 batch_size=batch_size, max_gen_toks=max_gen_toks, seed=seed,
+                 info={"workdir": workdir, "step": step, "train_seq_len": train_seq_len})
+  return lm, step
+
+
+def evaluate_checkpoint(workdir: str, step: int | None, tasks: str, *, include_path: str = "",
+                        builtin_tasks: bool = True, num_fewshot: int | None = None,
+                        limit: float | None = None, batch_size: int = 16, max_length: int = 0,
+                        max_gen_toks: int = 256, bootstrap_iters: int = 1000,
+                        output: str = "") -> tuple[dict, str]:
+  """Runs lm-eval's `simple_evaluate` on a saved step; process 0 writes the
+  results to `output` (default `<workdir>/lm_eval_<step>.json`). Returns
+  (results, path). Task names are checked before anything is restored."""
+  for name, value, low in (("--num_fewshot", num_fewshot, 0), ("--batch_size", batch_size, 1),
+                           ("--max_length", max_length, 0), ("--max_gen_toks", max_gen_toks, 1),
+                           ("--bootstrap_iters", bootstrap_iters, 0)):
+    if value is not None and (not isinstance(value, int) or value < low):
+      raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+  if limit is not None and not limit > 0:
+    raise ValueError(f"--limit={limit!r} must be > 0: documents per task (a number < 1 is "
+                     "a fraction of each task)")
+  names = expand_tasks(tasks)
+  manager = task_manager(names, include_path, builtin_tasks)
+  lm, step = load_lm(workdir, step, batch_size=batch_size, max_length=max_length,
+                     max_gen_toks=max_gen_toks)
+  from lm_eval import evaluator
+  # The perplexity aggregation bootstraps in a process pool forked from this
+  # one; forking a process that runs JAX threads can hang.
+  os.environ.setdefault("DISABLE_MULTIPROC", "1")
+  start = time.perf_counter()
+  results = evaluator.simple_evaluate(
+      model=lm, tasks=names, task_manager=manager, num_fewshot=num_fewshot, limit=limit,
+      bootstrap_iters=bootstrap_iters, log_samples=False, fewshot_random_seed=FEWSHOT_SEED,
+      batch_size=lm.batch_size)  # recorded in results["config"] only
+  seconds = time.perf_counter() - start
+  results["total_evaluation_time_seconds"] = str(seconds)  # the field lm-eval's CLI writes
+  results["config"]["compiles"] = lm.compiles()
+  logging.info("lm-eval took %.1f s (%d compiles)", seconds, lm.compiles())
+  path = output or str(epath.Path(workdir) / f"lm_eval_{step}.json")
+  import jax
+  if jax.process_index() == 0:
+    write_results(results, path)
+  return results, path
+
+
+class InTraining:
+  """lm-eval every `run.lm_eval_every_steps` steps of a run. Made before the
+  first step: lm-eval installed, task names known and their data loaded, or
+  the run stops there. Each call returns the flat scores and
+  `lm_eval_seconds`, the wall time the harness took."""
+
+  def __init__(self, config):
+    from pipeline import streams
+    run = config.run
+    self.names = expand_tasks(run.lm_eval_tasks, "run.lm_eval_tasks")
+    manager = task_manager(self.names, run.lm_eval_include_path, run.lm_eval_builtin_tasks,
+                           "run.lm_eval_tasks", "run.lm_eval_include_path")
+    self.loaded = manager.load(self.names)  # datasets read once, now
+    for task in self.loaded["tasks"].values():  # what simple_evaluate does
+      if task.get_config("num_fewshot") is None:
+        task.set_config(key="num_fewshot", value=0)
+      task.set_fewshot_seed(seed=FEWSHOT_SEED)
+    # The caller prepared the data, so the tokenizer is there.
+    self.tokenizer = streams.make_tokenizer(config.data, config.model.vocab_size)
+    self.limit = run.lm_eval_limit or None
+    self.max_length, self.batch_size = config.data.seq_len, config.data.global_batch_size
+    self.lm = None
+
+  def __call__(self, params, graphdef, mesh) -> dict[str, float]:
+    from lm_eval import evaluator
+    from trainer.lm_eval_model import GriffinLM
+    start = time.perf_counter()
+    if self.lm is None:  # kept: its compiled programs serve every evaluation
+      self.lm = GriffinLM(graphdef, params, self.tokenizer, mesh, max_length=self.max_length,
+                          batch_size=self.batch_size)
+    self.lm.params = params
+    # Global seeds untouched (simple_evaluate would reseed `random` and NumPy).
+    results = evaluator.evaluate(lm=self.lm, task_dict=self.loaded, limit=self.limit,
+                                 bootstrap_iters=0, log_samples=False)
+    self.lm.params = None  # the next step donates these buffers
+    return {**flat_metrics(results), "lm_eval_seconds": time.perf_counter() - start}
