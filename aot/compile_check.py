@@ -162,8 +162,11 @@ def main():
   def run(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    report = compile_report(config_lib.build(config_flag.value), topology.value,
-                            num_slices.value)
+    try:
+      report = compile_report(config_lib.build(config_flag.value), topology.value,
+                              num_slices.value)
+    except ValueError as e:  # bad input, found before any compile: one line
+      sys.exit(f"aot.compile_check: {e}")
     print(format_report(report))
     sys.exit(0 if report["fits"] else 1)
 

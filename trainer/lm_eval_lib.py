@@ -16,6 +16,8 @@ import time
 from absl import logging
 from etils import epath
 
+from common.checks import check_int
+
 SUITES = {
     # The paper's Table 1 (De, Smith et al., 2024): MMLU, HellaSwag, PIQA,
     # WinoGrande, ARC-E, ARC-C.
@@ -147,8 +149,8 @@ def evaluate_checkpoint(workdir: str, step: int | None, tasks: str, *, include_p
   for name, value, low in (("--num_fewshot", num_fewshot, 0), ("--batch_size", batch_size, 1),
                            ("--max_length", max_length, 0), ("--max_gen_toks", max_gen_toks, 1),
                            ("--bootstrap_iters", bootstrap_iters, 0)):
-    if value is not None and (not isinstance(value, int) or value < low):
-      raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+    if value is not None:
+      check_int(name, value, low)
   if limit is not None and not limit > 0:
     raise ValueError(f"--limit={limit!r} must be > 0: documents per task (a number < 1 is "
                      "a fraction of each task)")
