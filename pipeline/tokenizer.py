@@ -54,19 +54,18 @@ class Tokenizer:
     return f"Tokenizer({self.path or 'in memory'}, vocab_size={self.vocab_size})"
 
 
-def load_tokenizer(path: str) -> Tokenizer:
-  """Loads a SentencePiece .model from a local or gs:// path."""
+def load_tokenizer(path: str, flag: str = "data.tokenizer") -> Tokenizer:
+  """Loads a SentencePiece .model from a local or gs:// path (given as `flag`)."""
   try:
     model_proto = epath.Path(path).read_bytes()
   except (FileNotFoundError, IsADirectoryError) as error:
-    raise ValueError(f"data.tokenizer={path!r}: no such SentencePiece .model file "
-                     f"({error}); give an existing path, or \"\" for the default "
-                     "trained beside the data.") from error
+    default = ", or \"\" for the default trained beside the data" if flag == "data.tokenizer" else ""
+    raise ValueError(f"{flag}={path!r}: no such SentencePiece .model file "
+                     f"({error}); give an existing path{default}.") from error
   try:
     return Tokenizer(model_proto, path)
   except RuntimeError as error:
-    raise ValueError(f"data.tokenizer={path!r} is not a SentencePiece model "
-                     f"({error}).") from error
+    raise ValueError(f"{flag}={path!r} is not a SentencePiece model ({error}).") from error
 
 
 def check_vocab(tokenizer: Tokenizer, vocab_size: int):

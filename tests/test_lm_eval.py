@@ -28,7 +28,7 @@ from pipeline.stdlib_bytes import ByteTokenizer  # noqa: E402
 from pipeline.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer  # noqa: E402
 from tests.cpu_devices import xla_flags  # noqa: E402
 from tests.test_trainer import ROOT, data, make_config  # noqa: E402
-from trainer import lm_eval_lib  # noqa: E402
+from trainer import lm_eval_lib, lm_eval_tasks  # noqa: E402
 from trainer.inference import data_parallel_mesh  # noqa: E402
 from trainer.lm_eval_batches import length_buckets, score_row  # noqa: E402
 from trainer.lm_eval_model import GriffinLM  # noqa: E402
@@ -61,14 +61,15 @@ TASKS = {  # as lm-eval's YAML; JSON is YAML
 }
 
 
-def write_task(root: pathlib.Path, name: str, rows: list[dict]):
-  """<root>/tasks/<name>.yaml over <root>/data/<name>.jsonl by its absolute path."""
+def write_task(root: pathlib.Path, name: str, rows: list[dict], spec: dict | None = None):
+  """<root>/tasks/<name>.yaml (`spec`, default TASKS[name]) over
+  <root>/data/<name>.jsonl by its absolute path."""
   for folder in ("data", "tasks"):
     (root / folder).mkdir(exist_ok=True)
   rows_path = root / "data" / f"{name}.jsonl"
   rows_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
   (root / "tasks" / f"{name}.yaml").write_text(json.dumps({
-      "task": name, "dataset_path": "json", "test_split": "test", **TASKS[name],
+      "task": name, "dataset_path": "json", "test_split": "test", **(spec or TASKS[name]),
       "dataset_kwargs": {"data_files": {"test": str(rows_path)}, "cache_dir": str(root / "hf")},
       "metadata": {"version": 1.0}}, indent=1))
 
@@ -108,7 +109,7 @@ def trained(root):
 
 @pytest.fixture(scope="module")
 def lm(trained):
-  return lm_eval_lib.load_lm(trained, batch_size=8)[0]  # max_length: the training L
+  return lm_eval_lib.load_lm(trained, batch_size=8)  # max_length: the training L
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +210,7 @@ def gen_task(root, lm):
 def results(lm, gen_task):
   names = ["tiny_mc", "tiny_ppl", "tiny_gen"]
   return evaluator.simple_evaluate(
-      model=lm, tasks=names, task_manager=lm_eval_lib.task_manager(names, str(gen_task), False),
+      model=lm, tasks=names, task_manager=lm_eval_tasks.task_manager(names, str(gen_task), False),
       bootstrap_iters=0, log_samples=False)
 
 
@@ -271,6 +272,28 @@ def test_an_unknown_task_is_refused_by_the_command_and_before_training(trained, 
   assert not (tmp_path / "checkpoints").exists()
 
 
+def test_a_moved_tokenizer_and_unreachable_task_data_are_named(trained, root, tmp_path):
+  moved = tmp_path / "moved.model"
+  (root / "sp.model").rename(moved)
+  try:
+    with pytest.raises(ValueError, match=f"step 1 of {trained} was trained with data.tokenizer="
+                       f"{root / 'sp.model'}, which does not exist .*; give --tokenizer=PATH"):
+      lm_eval_lib.open_checkpoint(trained)
+    assert lm_eval_lib.open_checkpoint(trained, None, str(moved)).tokenizer.vocab_size == VOCAB
+    with pytest.raises(ValueError, match=r"--tokenizer='/nowhere.model': no such SentencePiece"):
+      lm_eval_lib.open_checkpoint(trained, None, "/nowhere.model")
+  finally:
+    moved.rename(root / "sp.model")
+  (tmp_path / "tasks").mkdir()
+  (tmp_path / "tasks" / "hub_mc.yaml").write_text(json.dumps({
+      "task": "hub_mc", "dataset_path": "nobody/no_such_dataset", **TASKS["tiny_mc"]}))
+  with pytest.raises(ValueError, match=r"--tasks=hub_mc: a task's data could not be read "
+                     r"\(.*no_such_dataset.*\)\. lm-eval reads task data from the Hugging Face "
+                     r"hub .*, or unset HF_DATASETS_OFFLINE; a cached task then runs offline"):
+    lm_eval_lib.evaluate_checkpoint(trained, None, "hub_mc", include_path=str(tmp_path / "tasks"),
+                                    builtin_tasks=False)
+
+
 def test_bad_input_is_named(lm, monkeypatch):
   with pytest.raises(ValueError, match=r"a continuation of \d+ tokens \(' 0 1 2.* is longer "
                      f"than max_length={L}, so it cannot be scored; raise --max_length"):
@@ -279,21 +302,21 @@ def test_bad_input_is_named(lm, monkeypatch):
                      f"max_length={L}\\)"):
     lm.generate_until(requests("generate_until", ("Q:", {"until": [], "max_gen_toks": L})))
   with pytest.raises(ValueError, match="--tasks=' , ' names no task"):
-    lm_eval_lib.expand_tasks(" , ")
+    lm_eval_tasks.expand_tasks(" , ")
   with pytest.raises(ValueError, match="run.lm_eval_every_steps=2 needs run.lm_eval_tasks"):
     make_config(**{"run.lm_eval_every_steps": 2})
   monkeypatch.setitem(sys.modules, "lm_eval", None)
   with pytest.raises(ImportError, match=r"install it with pip install -e '.\[lm_eval\]'"):
-    lm_eval_lib.require_harness()
+    lm_eval_tasks.require_harness()
 
 
 def test_suites_buckets_and_the_byte_tokenizer_prefix():
   assert length_buckets(2048) == (64, 128, 256, 512, 1024, 2048)
   assert length_buckets(1000) == (64, 128, 256, 512, 1000) and length_buckets(32) == (32,)
   assert score_row([1] * 20, [7], 8) == ([1] * 8, [1] * 7 + [7], 1)  # cut to 8 + 1 tokens
-  assert lm_eval_lib.expand_tasks("paper_table1,wikitext,piqa") == [
+  assert lm_eval_tasks.expand_tasks("paper_table1,wikitext,piqa") == [
       "mmlu", "hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge", "wikitext"]
-  assert lm_eval_lib.expand_tasks("linear_rnn_zero_shot")[:2] == ["wikitext", "lambada_openai"]
+  assert lm_eval_tasks.expand_tasks("linear_rnn_zero_shot")[:2] == ["wikitext", "lambada_openai"]
   lm = GriffinLM(None, None, ByteTokenizer(), data_parallel_mesh(), max_length=L, batch_size=3)
   assert lm.prefix_token_id == ord("\n") and lm.tok_encode("ab") == [97, 98]  # no BOS
   assert lm.batch_size == 8 and "'\\n' (id 10)" in lm.get_model_info()["prefix_token"]

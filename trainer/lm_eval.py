@@ -2,8 +2,8 @@
 
     python -m trainer.lm_eval --workdir=DIR_OR_GS_PATH [--step=N] \\
         --tasks=hellaswag,piqa|paper_table1|linear_rnn_zero_shot \\
-        [--include_path=DIR] [--nobuiltin_tasks] [--num_fewshot=N] [--limit=N] \\
-        [--batch_size=16] [--max_length=N] [--output=PATH]
+        [--include_path=DIR] [--nobuiltin_tasks] [--tokenizer=PATH] [--num_fewshot=N] \\
+        [--limit=N] [--batch_size=16] [--max_length=N] [--output=PATH]
 
 Parameters only are read, onto whatever devices this machine has. Writes
 lm-eval's results JSON to <workdir>/lm_eval_<step>.json (or --output) and
@@ -25,6 +25,9 @@ _INCLUDE_PATH = flags.DEFINE_string("include_path", "", "A folder of local task 
 _BUILTIN_TASKS = flags.DEFINE_bool(
     "builtin_tasks", True, "Also index lm-eval's own tasks (about 10 s); --nobuiltin_tasks: "
     "only those under --include_path.")
+_TOKENIZER = flags.DEFINE_string(
+    "tokenizer", "", "The SentencePiece model the run was trained with, if it has moved; "
+    "default the one its config names.")
 _NUM_FEWSHOT = flags.DEFINE_integer("num_fewshot", None, "Few-shot examples; default each "
                                     "task's own (0 for the suites' tasks).")
 _LIMIT = flags.DEFINE_float("limit", None, "Documents per task (< 1: a fraction); for "
@@ -48,7 +51,7 @@ def main(argv):
   try:
     results, path = evaluate_checkpoint(
         _WORKDIR.value, _STEP.value, _TASKS.value, include_path=_INCLUDE_PATH.value,
-        builtin_tasks=_BUILTIN_TASKS.value, num_fewshot=_NUM_FEWSHOT.value,
+        builtin_tasks=_BUILTIN_TASKS.value, tokenizer=_TOKENIZER.value, num_fewshot=_NUM_FEWSHOT.value,
         limit=int(limit) if limit is not None and limit >= 1 else limit,
         batch_size=_BATCH_SIZE.value, max_length=_MAX_LENGTH.value,
         max_gen_toks=_MAX_GEN_TOKS.value, bootstrap_iters=_BOOTSTRAP.value,

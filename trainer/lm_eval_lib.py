@@ -1,81 +1,23 @@
-"""lm-evaluation-harness on our models: task names and suites, the evaluation
-of a saved step (`python -m trainer.lm_eval`), its results file and table,
-and the evaluation inside training (`run.lm_eval_every_steps`).
+"""lm-evaluation-harness on our models: the evaluation of a saved step
+(`python -m trainer.lm_eval`), its results file and table, and the
+evaluation inside training (`run.lm_eval_every_steps`).
 
-lm-eval is an optional extra: nothing here imports it (or JAX) before an
-evaluation is asked for, so a missing install or a bad task name is reported
-in a second or two.
+Nothing here imports lm-eval or JAX before an evaluation is asked for: bad
+input (task names, flags, the checkpoint's step and tokenizer, task data) is
+reported before any parameter is read or anything compiles.
 """
 
-import difflib
-import importlib
 import json
 import os
 import time
+from typing import NamedTuple
 
 from absl import logging
 from etils import epath
 
 from common.checks import check_int
-
-SUITES = {
-    # The paper's Table 1 (De, Smith et al., 2024): MMLU, HellaSwag, PIQA,
-    # WinoGrande, ARC-E, ARC-C.
-    "paper_table1": ("mmlu", "hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge"),
-    # The zero-shot suite of the linear-RNN papers (Mamba, GLA, ...).
-    "linear_rnn_zero_shot": ("wikitext", "lambada_openai", "piqa", "hellaswag", "winogrande",
-                             "arc_easy", "arc_challenge"),
-}
-INSTALL = "pip install -e '.[lm_eval]'"
-FEWSHOT_SEED = 1234  # lm-eval's default, so few-shot examples are those its CLI picks
-
-
-def require_harness():
-  """Imports lm-eval, or says how to install it."""
-  try:
-    importlib.import_module("lm_eval")
-  except ImportError as e:
-    raise ImportError(f"lm-eval is not installed ({e}); install it with {INSTALL}") from e
-
-
-def expand_tasks(tasks: str, flag: str = "--tasks") -> list[str]:
-  """Comma-separated task names -> names, each suite replaced by its tasks
-  (first occurrence kept)."""
-  names = []
-  for name in (part.strip() for part in str(tasks).split(",")):
-    for task in SUITES.get(name, (name,) if name else ()):
-      if task not in names:
-        names.append(task)
-  if not names:
-    raise ValueError(f"{flag}={tasks!r} names no task; give lm-eval task names or a "
-                     f"suite of {sorted(SUITES)}, comma-separated")
-  return names
-
-
-def task_manager(names: list[str], include_path: str = "", builtin_tasks: bool = True,
-                 flag: str = "--tasks", path_flag: str = "--include_path"):
-  """lm-eval's index of the tasks under `include_path` and, with
-  `builtin_tasks`, of its own (~15k names: about 10 s on 2 cores), once every
-  name is known to it: else one line naming the first unknown one and the
-  closest known names."""
-  require_harness()
-  from lm_eval.tasks import TaskManager
-  if include_path and not os.path.isdir(include_path):
-    raise ValueError(f"{path_flag}={include_path} is not a directory of lm-eval task YAMLs")
-  if not include_path and not builtin_tasks:
-    raise ValueError(f"no tasks to choose from: {path_flag} is empty and the built-in tasks "
-                     "are turned off")
-  manager = TaskManager(include_path=include_path or None, include_defaults=builtin_tasks)
-  known = set(manager.all_tasks)
-  for name in names:
-    if name not in known:
-      where = " or ".join(([] if not builtin_tasks else ["lm-eval's own"])
-                          + ([f"those under {include_path}"] if include_path else []))
-      close = difflib.get_close_matches(name, manager.all_tasks, n=5, cutoff=0.75)
-      raise ValueError(f"{flag}: {name!r} is not a task, group or tag among {where}; "
-                       f"closest: {close or 'none'}; suites: {sorted(SUITES)}")
-  return manager
-
+from trainer.lm_eval_tasks import (FEWSHOT_SEED, expand_tasks, load_tasks, require_harness,
+                                   task_manager, top_level)
 
 def flat_metrics(results: dict) -> dict[str, float]:
   """{"lm_eval/<task>/<metric>": value} for every numeric score of the tasks
@@ -120,32 +62,66 @@ def write_results(results: dict, path: str):
                                ensure_ascii=False))
 
 
-def load_lm(workdir: str, step: int | None = None, *, batch_size: int = 16,
-            max_length: int = 0, max_gen_toks: int = 256, seed: int = 0):
-  """(GriffinLM over the parameters of `step` (default the latest) on all of
-  this machine's devices, the step). `max_length` 0 = the training length."""
+class Checkpoint(NamedTuple):
+  """A saved step opened for evaluation: its config and tokenizer, no parameters."""
+  checkpointer: object
+  step: int
+  config: object
+  train_seq_len: int
+  tokenizer: object
+
+
+def open_checkpoint(workdir: str, step: int | None = None, tokenizer: str = "") -> Checkpoint:
+  """The config of `step` (default the latest) and its tokenizer: the one it
+  was trained with, or the SentencePiece model at `tokenizer`."""
   require_harness()
-  from trainer.inference import data_parallel_mesh, open_checkpoint, restore_here
-  from trainer.lm_eval_model import GriffinLM
+  from pipeline import streams
+  from pipeline.tokenizer import check_vocab, load_tokenizer
+  from trainer import inference
   from trainer.train_lib import make_tokenizer
-  checkpointer, step, config, train_seq_len = open_checkpoint(workdir, step, {})
-  tokenizer = make_tokenizer(config)
+  checkpointer, step, config, train_seq_len = inference.open_checkpoint(workdir, step, {})
+  if tokenizer:
+    text = load_tokenizer(tokenizer, "--tokenizer")
+    check_vocab(text, config.model.vocab_size)
+  elif (config.data.tokenizer and (config.data.stores or config.data.dataset not in
+                                   streams.GENERATED)  # bytes and ids have their own
+        and not epath.Path(config.data.tokenizer).exists()):
+    raise ValueError(f"step {step} of {workdir} was trained with data.tokenizer="
+                     f"{config.data.tokenizer}, which does not exist (any more); give "
+                     "--tokenizer=PATH, that SentencePiece model where it is now")
+  else:
+    text = make_tokenizer(config)
+  return Checkpoint(checkpointer, step, config, train_seq_len, text)
+
+
+def load_lm(checkpoint: Checkpoint | str, *, batch_size: int = 16, max_length: int = 0,
+            max_gen_toks: int = 256, seed: int = 0):
+  """GriffinLM over the parameters of `checkpoint` (or the latest step of a
+  workdir) on all of this machine's devices. `max_length` 0 = the training
+  length."""
+  from trainer.inference import data_parallel_mesh, restore_here
+  from trainer.lm_eval_model import GriffinLM
+  if isinstance(checkpoint, str):
+    checkpoint = open_checkpoint(checkpoint)
   mesh = data_parallel_mesh()
-  plan, params = restore_here(checkpointer, step, config, mesh)
-  lm = GriffinLM(plan.graphdef, params, tokenizer, mesh, max_length=max_length or train_seq_len,
-                 batch_size=batch_size, max_gen_toks=max_gen_toks, seed=seed,
-                 info={"workdir": workdir, "step": step, "train_seq_len": train_seq_len})
-  return lm, step
+  plan, params = restore_here(checkpoint.checkpointer, checkpoint.step, checkpoint.config, mesh)
+  workdir = str(checkpoint.checkpointer.directory.parent)
+  return GriffinLM(plan.graphdef, params, checkpoint.tokenizer, mesh,
+                   max_length=max_length or checkpoint.train_seq_len, batch_size=batch_size,
+                   max_gen_toks=max_gen_toks, seed=seed,
+                   info={"workdir": workdir, "step": checkpoint.step,
+                         "train_seq_len": checkpoint.train_seq_len})
 
 
 def evaluate_checkpoint(workdir: str, step: int | None, tasks: str, *, include_path: str = "",
-                        builtin_tasks: bool = True, num_fewshot: int | None = None,
-                        limit: float | None = None, batch_size: int = 16, max_length: int = 0,
-                        max_gen_toks: int = 256, bootstrap_iters: int = 1000,
-                        output: str = "") -> tuple[dict, str]:
+                        builtin_tasks: bool = True, tokenizer: str = "",
+                        num_fewshot: int | None = None, limit: float | None = None,
+                        batch_size: int = 16, max_length: int = 0, max_gen_toks: int = 256,
+                        bootstrap_iters: int = 1000, output: str = "") -> tuple[dict, str]:
   """Runs lm-eval's `simple_evaluate` on a saved step; process 0 writes the
   results to `output` (default `<workdir>/lm_eval_<step>.json`). Returns
-  (results, path). Task names are checked before anything is restored."""
+  (results, path). The flags, the step, its tokenizer, the task names and
+  the tasks' data are checked, in that order, before parameters are read."""
   for name, value, low in (("--num_fewshot", num_fewshot, 0), ("--batch_size", batch_size, 1),
                            ("--max_length", max_length, 0), ("--max_gen_toks", max_gen_toks, 1),
                            ("--bootstrap_iters", bootstrap_iters, 0)):
@@ -155,23 +131,26 @@ def evaluate_checkpoint(workdir: str, step: int | None, tasks: str, *, include_p
     raise ValueError(f"--limit={limit!r} must be > 0: documents per task (a number < 1 is "
                      "a fraction of each task)")
   names = expand_tasks(tasks)
+  checkpoint = open_checkpoint(workdir, step, tokenizer)
   manager = task_manager(names, include_path, builtin_tasks)
-  lm, step = load_lm(workdir, step, batch_size=batch_size, max_length=max_length,
-                     max_gen_toks=max_gen_toks)
+  loaded = load_tasks(manager, names)
+  lm = load_lm(checkpoint, batch_size=batch_size, max_length=max_length,
+               max_gen_toks=max_gen_toks)
   from lm_eval import evaluator
   # The perplexity aggregation bootstraps in a process pool forked from this
   # one; forking a process that runs JAX threads can hang.
   os.environ.setdefault("DISABLE_MULTIPROC", "1")
   start = time.perf_counter()
   results = evaluator.simple_evaluate(
-      model=lm, tasks=names, task_manager=manager, num_fewshot=num_fewshot, limit=limit,
-      bootstrap_iters=bootstrap_iters, log_samples=False, fewshot_random_seed=FEWSHOT_SEED,
+      model=lm, tasks=top_level(loaded), task_manager=manager, num_fewshot=num_fewshot,
+      limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False,
+      fewshot_random_seed=FEWSHOT_SEED,
       batch_size=lm.batch_size)  # recorded in results["config"] only
   seconds = time.perf_counter() - start
   results["total_evaluation_time_seconds"] = str(seconds)  # the field lm-eval's CLI writes
   results["config"]["compiles"] = lm.compiles()
   logging.info("lm-eval took %.1f s (%d compiles)", seconds, lm.compiles())
-  path = output or str(epath.Path(workdir) / f"lm_eval_{step}.json")
+  path = output or str(epath.Path(workdir) / f"lm_eval_{checkpoint.step}.json")
   import jax
   if jax.process_index() == 0:
     write_results(results, path)
@@ -190,7 +169,7 @@ class InTraining:
     self.names = expand_tasks(run.lm_eval_tasks, "run.lm_eval_tasks")
     manager = task_manager(self.names, run.lm_eval_include_path, run.lm_eval_builtin_tasks,
                            "run.lm_eval_tasks", "run.lm_eval_include_path")
-    self.loaded = manager.load(self.names)  # datasets read once, now
+    self.loaded = load_tasks(manager, self.names, "run.lm_eval_tasks")  # read once, now
     for task in self.loaded["tasks"].values():  # what simple_evaluate does
       if task.get_config("num_fewshot") is None:
         task.set_config(key="num_fewshot", value=0)

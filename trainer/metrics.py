@@ -62,8 +62,11 @@ class MetricsWriter:
         f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "mfu")), mfu)
     self._record(record)
 
-  def write_eval(self, step: int, metrics: dict[str, float]):
-    """Logs validation metrics of `step` (no throughput: not a train step)."""
+  def write_eval(self, step: int, metrics: dict[str, float], seconds: float = 0.0):
+    """Logs evaluation metrics of `step`. The evaluation's wall time,
+    `seconds`, is left out of the next record's throughput."""
+    if self._last_time is not None:
+      self._last_time += seconds
     record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
     logging.info("step %d | %s", step, " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     self._record(record)

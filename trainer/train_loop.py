@@ -62,6 +62,13 @@ class StopFlag:
     return self.event.is_set()
 
 
+def evaluation_start(state) -> float:
+  """The time an evaluation starts, once the queued training steps are done:
+  their time belongs to training, the rest to the evaluation."""
+  jax.block_until_ready(state)
+  return time.perf_counter()
+
+
 def barrier(name: str, timeout_minutes: int = 30):
   """All processes wait here (the coordination service, not a collective)."""
   if jax.process_count() > 1:
@@ -205,16 +212,21 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
         jax.profiler.stop_trace()
         tracing = False
       if scorer and step % config.run.eval_every_steps == 0:
+        start = evaluation_start(state)
         sums, by_source = score_sources(scorer, state.params, eval_data(),
                                         config.run.eval_steps, config.data.seq_len)
         result = summary(*sums)
+        seconds = time.perf_counter() - start
         writer.write_eval(step, {"eval_loss": result["loss"],
                                  "eval_perplexity": result["perplexity"],
                                  "eval_accuracy": result["accuracy"],
                                  **{f"eval_loss_{name}": source["loss"]
-                                    for name, source in by_source.items()}})
+                                    for name, source in by_source.items()},
+                                 "eval_seconds": seconds}, seconds)
       if harness and step % config.run.lm_eval_every_steps == 0:
-        writer.write_eval(step, harness(state.params, program.setup.graphdef, mesh))
+        start = evaluation_start(state)
+        scores = harness(state.params, program.setup.graphdef, mesh)
+        writer.write_eval(step, scores, time.perf_counter() - start)
       if step % config.checkpoint.save_every_steps == 0 or step == config.run.steps or stop:
         settle(pending)  # never checkpoint a state whose loss was not finite
         pending = None
