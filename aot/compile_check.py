@@ -19,6 +19,7 @@ import sys
 import time
 from typing import NamedTuple
 
+from common import cli, config_flag
 from common.checks import check_int
 from sharding import topologies
 
@@ -28,7 +29,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 topologies.quiet_libtpu()
 
 import jax  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from model import flops  # noqa: E402
 from sharding import rules  # noqa: E402
@@ -153,24 +154,19 @@ def format_report(r: dict) -> str:
 
 def main():
   """Flags are defined here, not at import, so tests can import this module."""
-  config_flag = config_lib.define_config_flag()
+  holder = config_flag.define_config_flag()
   topology = flags.DEFINE_string(
       "topology", None, f"Accelerator type, one of: {', '.join(topologies.TPU_TYPES)}.")
   num_slices = flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN.")
   flags.mark_flags_as_required(["config", "topology"])
 
-  def run(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    try:
-      report = compile_report(config_lib.build(config_flag.value), topology.value,
-                              num_slices.value)
-    except ValueError as e:  # bad input, found before any compile: one line
-      sys.exit(f"aot.compile_check: {e}")
+  def run():
+    report = compile_report(config_lib.build(config_flag.flag_config(holder)), topology.value,
+                            num_slices.value)
     print(format_report(report))
     sys.exit(0 if report["fits"] else 1)
 
-  app.run(run)
+  cli.run(run)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from aot import compile_check as aot_check
+from common import config_flag
 from sharding import topologies
 from trainer import config as config_lib
 
@@ -118,7 +119,7 @@ def check_job(config: config_lib.Config, tpu_type: str, num_slices: int,
 
 def define_job_flags(fv: flags.FlagValues):
   """The flags of every pod launcher, on `fv` (read back as `fv[name].value`)."""
-  config_lib.define_config_flag(flag_values=fv)
+  config_flag.define_config_flag(flag_values=fv)
   flags.DEFINE_string(
       "tpu_type", None, "Accelerator type of one slice, e.g. v5p-128 (v5p/v4 "
       "count cores, v5e/v6e chips).", flag_values=fv)
@@ -177,7 +178,7 @@ def load_job(fv: flags.FlagValues) -> Job:
   require(fv, "config", "tpu_type", "workdir", "name")
   name = check_name(fv["name"].value)
   config_file = check_config_file(config_flags.get_config_filename(fv["config"]))
-  config = config_lib.build(fv["config"].value)  # as trainer.train builds it
+  config = config_lib.build(config_flag.flag_config(fv["config"]))  # as trainer.train does
   tpu = check_job(config, fv["tpu_type"].value, fv["num_slices"].value,
                   fv["workdir"].value)
   overrides = tuple(f"--config.{path}={value}" for path, value in

@@ -10,7 +10,7 @@
 The vocabulary is the config's model.vocab_size; the tokenizer is data.tokenizer,
 or a BPE trained on the train split into <store>/tokenizer.model. A finished
 store (store.json) is reused; a stopped build is finished by the same command.
-A bad argument or input prints one `error: ...` line and exits 1.
+A bad argument or input prints one `pipeline.prepare_store: ...` line and exits 1.
 
 Arguments after `--` go to Beam and override the defaults, e.g. for Dataflow
 (`pip install build`: Beam builds the package from pyproject.toml, and the
@@ -32,38 +32,29 @@ tokenizer), 12 s with --workers=2 (worker processes cost more than they save on
 two cores); the same bytes either way."""
 
 import json
-import sys
 import time
 
-from absl import app
 from absl import flags
-from absl import logging
-from ml_collections import config_flags
 
+from common import cli
+from common import config_flag
 from pipeline import store_build
 from pipeline.config import DataConfig
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A config file in configs/; its data section and "
-    "model.vocab_size are read.", lock_config=True)
+_CONFIG = config_flag.define_config_flag()
 _STORE = flags.DEFINE_string("store", None, "The store directory, local or gs://.")
 _WORKERS = flags.DEFINE_integer("workers", 1, "DirectRunner worker processes; 1 = in "
                                 "this process.")
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Shards per split; 0 = one per "
                                    "~256 MB of input text.")
-flags.mark_flags_as_required(["config", "store"])
+flags.mark_flags_as_required(["store"])
 
 
-def main(argv):
-  logging.set_verbosity(logging.INFO)
-  cd, start = _CONFIG.value, time.monotonic()
-  try:
-    manifest = store_build.build_store(
-        DataConfig(**cd.data.to_dict()), _STORE.value, cd.model.vocab_size,
-        workers=_WORKERS.value, num_shards=_NUM_SHARDS.value, beam_args=argv[1:])
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+def main(beam_args: list[str]):
+  cd, start = config_flag.flag_config(_CONFIG), time.monotonic()
+  manifest = store_build.build_store(
+      DataConfig(**cd.data.to_dict()), _STORE.value, cd.model.vocab_size,
+      workers=_WORKERS.value, num_shards=_NUM_SHARDS.value, beam_args=beam_args)
   splits = {name: {"documents": s["documents"], "tokens": s["tokens"],
                    "shards": len(s["shards"])} for name, s in manifest["splits"].items()}
   print(json.dumps({"store": _STORE.value, "splits": splits,
@@ -71,4 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, beam_args=True)

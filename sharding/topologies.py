@@ -19,6 +19,7 @@ No JAX import here: the table is plain data, usable before JAX starts.
 """
 
 import dataclasses
+import importlib
 import os
 
 from common.checks import check_int
@@ -127,6 +128,12 @@ class TpuType:
   def get_topology_desc(self, num_slices: int = 1):
     """The compile-only devices of `num_slices` slices of this type."""
     check_int("num_slices", num_slices)
+    try:  # else JAX's bare "TPU support not installed"
+      importlib.import_module("libtpu")
+    except ImportError as e:
+      raise ImportError(f"compiling for {self.name} needs libtpu, which is not installed: "
+                        "pip install -e '.[tpu]' (a TPU VM) or -e '.[test]' (any "
+                        "machine)") from e
     quiet_libtpu()
     from jax.experimental import topologies  # Only now: keep this module JAX-free.
     options = dict(self.generation.topology_options)

@@ -9,6 +9,7 @@ import sys
 from absl import flags
 import pytest
 
+from common import config_flag
 from model.config import BlockType, ModelConfig, ScanImpl, Remat
 from pipeline.config import DataConfig
 from sharding.config import MeshConfig
@@ -26,7 +27,7 @@ def _parse(monkeypatch, *argv):
   argv = ["prog", *argv]
   monkeypatch.setattr(sys, "argv", argv)  # config_flags reads overrides here.
   flag_values = flags.FlagValues()
-  holder = config_lib.define_config_flag(flag_values=flag_values)
+  holder = config_flag.define_config_flag(flag_values=flag_values)
   flag_values(argv)
   return holder.value
 

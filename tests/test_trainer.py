@@ -2,6 +2,7 @@
 resume (local and gs://), keep policy, SIGTERM, NaN halt, several processes."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -79,8 +80,12 @@ def run_in_two_halves(workdir, **overrides):
   return losses(first) + losses(second)
 
 
-def test_resume_is_bit_identical(straight_run, tmp_path):
+def test_resume_is_bit_identical(straight_run, tmp_path, caplog):
   assert run_in_two_halves(str(tmp_path)) == straight_run  # exact, not approximate
+  # Once more: the run is finished, which it says, and nothing is built.
+  with caplog.at_level(logging.WARNING):
+    assert run_steps(make_config(), str(tmp_path), iter([])) == []
+  assert f"nothing to train: {tmp_path} holds step 6 and run.steps=6" in caplog.text
 
 
 def test_resume_on_gcs_is_bit_identical(straight_run, gcs_bucket):

@@ -10,9 +10,7 @@ import dataclasses
 import enum
 import math
 
-from absl import flags
 from ml_collections import config_dict
-from ml_collections import config_flags
 
 from common.checks import check_ints
 from model.config import AInit, BlockType, ModelConfig, Remat, ScanImpl
@@ -272,18 +270,6 @@ def defaults() -> config_dict.ConfigDict:
   cd.data.dataset = "stdlib_bytes"
   cd.lock()
   return cd
-
-
-def define_config_flag(name: str = "config",
-                       flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagHolder:
-  """Defines `--<name>=configs/X.py` with `--<name>.section.field=v` overrides.
-
-  Locked, so an override of a field that does not exist fails at parsing.
-  Mains call it at module level and pass `holder.value` to `build`.
-  """
-  return config_flags.DEFINE_config_file(
-      name, None, "Path to a config file in configs/ (a get_config() function).",
-      flag_values=flag_values, lock_config=True)
 
 
 def to_dict(config: Config) -> dict:

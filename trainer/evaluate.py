@@ -11,9 +11,10 @@ it for this evaluation only (e.g. `--config.data.seq_len=1024`, another
 machine has.
 """
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
+from common import cli
 from trainer import config as config_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.", required=True)
@@ -27,11 +28,9 @@ _LENGTH_MULTIPLE = flags.DEFINE_integer(
 config_flags.DEFINE_config_dict("config", config_lib.defaults(), lock_config=True)
 
 
-def main(argv):
-  del argv
+def main():
   from trainer.evaluate_lib import evaluate  # after flag parsing: importing JAX is slow
   from trainer.train_lib import make_eval_iterator
-  logging.set_verbosity(logging.INFO)
   overrides = config_flags.get_override_values(flags.FLAGS["config"])
   result = evaluate(_WORKDIR.value, _STEP.value, _EVAL_BATCHES.value, make_eval_iterator,
                     overrides, _LENGTH_MULTIPLE.value)
@@ -49,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -13,8 +13,9 @@ with the converted model and `data.tokenizer` set to the copied tokenizer), so
 defaults on the stdlib corpus).
 """
 
-from absl import app, flags, logging
+from absl import flags
 
+from common import cli, config_flag
 from trainer import config as config_lib
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "recurrentgemma Orbax checkpoint dir.",
@@ -27,18 +28,16 @@ _PRESET = flags.DEFINE_string("preset", "RECURRENT_GEMMA_2B_V1",
                               "(the tree's shapes give the rest).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where to write; must hold no checkpoint.",
                                required=True)
-_CONFIG = config_lib.define_config_flag()
+_CONFIG = config_flag.define_config_flag()
 
 
-def main(argv):
-  del argv
+def main():
   from trainer.import_recurrentgemma_lib import import_checkpoint  # after flag parsing: JAX is slow to import
-  logging.set_verbosity(logging.INFO)
-  base = _CONFIG.value if _CONFIG.value is not None else config_lib.defaults()
+  base = config_flag.flag_config(_CONFIG, required=False) or config_lib.defaults()
   path = import_checkpoint(_CHECKPOINT.value, _TOKENIZER.value, _PRESET.value,
                            _WORKDIR.value, base)
   print(f"imported {_CHECKPOINT.value} to {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

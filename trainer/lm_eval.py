@@ -12,9 +12,9 @@ trainer/lm_eval.py` would put trainer/ first on the path, where this file
 hides the `lm_eval` package. Needs `pip install -e '.[lm_eval]'`.
 """
 
-import sys
+from absl import flags
 
-from absl import app, flags, logging
+from common import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
@@ -43,21 +43,16 @@ _BOOTSTRAP = flags.DEFINE_integer("bootstrap_iters", 1000, "Resamples for the st
 _OUTPUT = flags.DEFINE_string("output", "", "Results JSON; default <workdir>/lm_eval_<step>.json.")
 
 
-def main(argv):
-  del argv
+def main():
   from trainer.lm_eval_lib import evaluate_checkpoint, table  # after flag parsing: slow imports
-  logging.set_verbosity(logging.INFO)
   limit = _LIMIT.value
-  try:
-    results, path = evaluate_checkpoint(
-        _WORKDIR.value, _STEP.value, _TASKS.value, include_path=_INCLUDE_PATH.value,
-        builtin_tasks=_BUILTIN_TASKS.value, tokenizer=_TOKENIZER.value, num_fewshot=_NUM_FEWSHOT.value,
-        limit=int(limit) if limit is not None and limit >= 1 else limit,
-        batch_size=_BATCH_SIZE.value, max_length=_MAX_LENGTH.value,
-        max_gen_toks=_MAX_GEN_TOKS.value, bootstrap_iters=_BOOTSTRAP.value,
-        output=_OUTPUT.value)
-  except (ValueError, ImportError) as e:  # bad input: one line, no traceback
-    sys.exit(f"trainer.lm_eval: {e}")
+  results, path = evaluate_checkpoint(
+      _WORKDIR.value, _STEP.value, _TASKS.value, include_path=_INCLUDE_PATH.value,
+      builtin_tasks=_BUILTIN_TASKS.value, tokenizer=_TOKENIZER.value,
+      num_fewshot=_NUM_FEWSHOT.value,
+      limit=int(limit) if limit is not None and limit >= 1 else limit,
+      batch_size=_BATCH_SIZE.value, max_length=_MAX_LENGTH.value,
+      max_gen_toks=_MAX_GEN_TOKS.value, bootstrap_iters=_BOOTSTRAP.value, output=_OUTPUT.value)
   print(table(results))
   seconds = float(results["total_evaluation_time_seconds"])
   print(f"step {results['config']['step']}: {seconds:.1f} s, {results['config']['compiles']} "
@@ -65,4 +60,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -8,7 +8,9 @@ Prompts are decoded together as one batch; prints each continuation and the
 decode rate (tokens/s, compile excluded).
 """
 
-from absl import app, flags, logging
+from absl import flags
+
+from common import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default the latest.")
@@ -20,11 +22,9 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "Keep the smallest set with this proba
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed of the draws.")
 
 
-def main(argv):
-  del argv
+def main():
   from model.sampling import SamplingConfig  # after flag parsing: importing JAX is slow
   from trainer.sample_lib import sample
-  logging.set_verbosity(logging.INFO)
   config = SamplingConfig(temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                           top_p=_TOP_P.value, max_new_tokens=_MAX_NEW.value)
   texts, tokens_per_s = sample(_WORKDIR.value, _STEP.value, _PROMPTS.value, config, _SEED.value)
@@ -34,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

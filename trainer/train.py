@@ -17,11 +17,12 @@ import os
 import sys
 import traceback
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from common import cli, config_flag
 from trainer import config as config_lib
 
-_CONFIG = config_lib.define_config_flag()
+_CONFIG = config_flag.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Local directory or gs:// path.", required=True)
 _INIT_FROM = flags.DEFINE_string("init_from", "", "A checkpoint step dir: the full state.")
 _INIT_PARAMS_FROM = flags.DEFINE_string("init_params_from", "", "A checkpoint step dir: parameters only.")
@@ -47,12 +48,10 @@ def parse_profile_steps(values: list[str], steps: int) -> tuple[int, int] | None
   return start, stop
 
 
-def main(argv):
-  del argv
+def main():
   from trainer.train_lib import train  # after flag parsing: importing JAX is slow
   from trainer.train_loop import PreemptionTimeoutError
-  logging.set_verbosity(logging.INFO)
-  config = config_lib.build(_CONFIG.value)
+  config = config_lib.build(config_flag.flag_config(_CONFIG))
   profile = parse_profile_steps(_PROFILE.value, config.run.steps)
   try:
     train(config, _WORKDIR.value, init_from=_INIT_FROM.value,
@@ -61,15 +60,22 @@ def main(argv):
           process_id=_PROCESS_ID.value)
   except PreemptionTimeoutError as e:
     _exit_now(f"training stopped: {type(e).__name__}: {e}")
-  except Exception as e:  # noqa: BLE001 - logged in full, then the same exit
+  except Exception as e:  # noqa: BLE001 - logged (bad input: one line), then the same exit
+    if cli.is_refusal(e) and not cli.verbose():
+      _exit_now(f"{cli.command_name()}: {e}", refusal=True)
     _exit_now(f"training stopped: {type(e).__name__}: {e}\n{traceback.format_exc()}")
 
 
-def _exit_now(message: str):
-  """Logs `message` and exits 1 at once. A save abandoned in flight (out of
-  grace, or storage gone) runs on Orbax threads that are not daemons: a
-  normal exit would wait for them as long as the storage clients retry."""
-  logging.error("%s", message)
+def _exit_now(message: str, refusal: bool = False):
+  """Logs `message` (a refusal of input: prints it) and exits 1 at once. A
+  save abandoned in flight (out of grace, or storage gone) runs on Orbax
+  threads that are not daemons: a normal exit would wait for them as long as
+  the storage clients retry."""
+  if refusal:
+    logging.flush()
+    print(message, file=sys.stderr)
+  else:
+    logging.error("%s", message)
   logging.flush()
   sys.stdout.flush()
   sys.stderr.flush()
@@ -77,4 +83,4 @@ def _exit_now(message: str):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -14,7 +14,8 @@ from etils import epath
 
 from model.flops import train_flops
 from sharding import rules
-from trainer.checkpoint import Checkpointer, check_step_dir, restore_params, restore_state
+from trainer.checkpoint import (Checkpointer, check_step_dir, committed_steps, restore_params,
+                                restore_state)
 from trainer import config as config_lib
 from trainer import lm_eval_lib
 from trainer.config import Config, NonFinite
@@ -152,6 +153,13 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
     if path:
       check_step_dir(path, flag)
   stop = stop if stop is not None else StopFlag()
+  checkpoints = epath.Path(workdir) / "checkpoints"
+  finished = committed_steps(checkpoints) if checkpoints.exists() else []
+  if finished and finished[-1] >= config.run.steps:
+    logging.warning("nothing to train: %s holds step %d and run.steps=%d; raise "
+                    "run.steps (--config.run.steps=N) to train on", workdir, finished[-1],
+                    config.run.steps)
+    return []
   # Before anything compiles: a missing lm-eval or an unknown task stops the run here.
   harness = lm_eval_lib.InTraining(config) if config.run.lm_eval_every_steps else None
   program = build_program(config)
@@ -192,7 +200,8 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
     if skip:
       metrics["skipped_steps"] = float(skipped_steps)
     history.append({"step": step, **metrics})
-    if step % config.run.log_every_steps == 0 or step == config.run.steps:
+    # Step 1 too: the first loss tells at once whether the run starts where it should.
+    if step % config.run.log_every_steps == 0 or step in (1, config.run.steps):
       writer.write(step, metrics)
 
   step = int(state.step)
