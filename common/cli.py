@@ -69,8 +69,8 @@ def verbose() -> bool:
 
 
 def run(main: Callable, beam_args: bool = False):
-  """Parses the flags (strictly), then calls `main()`; logs at INFO unless
-  --verbosity says otherwise. With `beam_args`, the arguments after `--` are
+  """Parses the flags (strictly), then calls `main()`; logs from WARNING up
+  unless --verbosity says otherwise (0: INFO, 1: DEBUG and tracebacks). With `beam_args`, the arguments after `--` are
   Apache Beam's: `main(those)`."""
 
   def parse(argv: list[str]) -> list[str]:
@@ -83,8 +83,8 @@ def run(main: Callable, beam_args: bool = False):
     if len(rest) > 1 and not beam_args:
       config = f" (a config file is --config={rest[1]})" if rest[1].endswith(".py") else ""
       refuse(f"unexpected argument {rest[1]!r}: every input is a --flag{config}; {HELP}")
-    if not flags.FLAGS["verbosity"].present:
-      logging.set_verbosity(logging.INFO)
+    if not flags.FLAGS["verbosity"].present:  # libraries' INFO lines: --verbosity=0
+      logging.set_verbosity(logging.WARNING)
     return rest
 
   def call(argv):

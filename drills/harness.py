@@ -42,7 +42,8 @@ class Run:
     flags_ = [f"--config.{k}={v}" for k, v in {**OVERRIDES, **overrides}.items()]
     self.command = command or [sys.executable, "-m", "trainer.train",
                                f"--config={ROOT}/configs/griffin_tiny.py",
-                               f"--workdir={workdir}", *flags_]
+                               f"--workdir={workdir}", *flags_,
+                               "--verbosity=0"]  # Orbax's INFO lines, which the drills read
     Run.counter += 1
     self.log_path = os.path.join(out, "logs", f"{Run.counter:03d}.log")
     os.makedirs(os.path.dirname(self.log_path), exist_ok=True)

@@ -30,7 +30,7 @@ def kill_drill(d: Drill, kills: int, rng: random.Random):
       target = start + SAVE_EVERY * rng.randint(1, 2)
       run.wait_for(MID_SAVE.replace(r"(\d+)", str(target)))
     else:  # a random moment: after one of the next steps, a random fraction of a second
-      run.wait_for(rf"step {start + rng.randint(1, 2 * SAVE_EVERY)} \|")
+      run.wait_for(rf"step {start + rng.randint(1, 2 * SAVE_EVERY)}/")
       time.sleep(rng.uniform(0, 0.5))
     run.process.kill()
     # Only this run's: a temporary directory stays until its step is saved again.
@@ -64,7 +64,7 @@ def preemption_drill(d: Drill, rng: random.Random):
   for _ in range(3):
     before = committed(chain)
     run = Run(chain, d.out)
-    run.wait_for(rf"step {rng.randrange((before or [0])[-1] + 1, STEPS - 2)} \|")
+    run.wait_for(rf"step {rng.randrange((before or [0])[-1] + 1, STEPS - 2)}/")
     run.process.terminate()
     code = run.finish()
     match = re.search(r"SIGTERM: step (\d+) is committed, ([\d.]+) s after", run.log())
@@ -75,7 +75,7 @@ def preemption_drill(d: Drill, rng: random.Random):
   # A grace too short to commit: a clear message, exit 1, the step not counted.
   before = committed(chain)
   run = Run(chain, d.out, **{"checkpoint.preemption_grace_s": 0.001})
-  run.wait_for(r"step \d+ \|")
+  run.wait_for(r"step \d+/\d+ \|")
   run.process.terminate()
   code = run.finish()
   short_grace_ok = (code == 1 and "did not commit" in run.log()

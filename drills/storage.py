@@ -79,7 +79,7 @@ def storage_trials(d: Drill, emulator, reference: str, outage_limit_s: int):
   # Permission denied: every checkpoint write refused with 403 from step 12 on.
   t0, workdir = time.monotonic(), f"{bucket}/denied"
   run = Run(workdir, d.out, **gcs)
-  run.wait_for(r"step 10 \|")
+  run.wait_for(r"step 10/")
   emulator.fail(403, "denied/checkpoints/")
   code = run.finish()
   emulator.fail(None)
@@ -98,7 +98,7 @@ def storage_trials(d: Drill, emulator, reference: str, outage_limit_s: int):
   # Preemption while storage hangs (503 on checkpoint writes, retried): out of grace.
   t0, workdir = time.monotonic(), f"{bucket}/slow_preemption"
   run = Run(workdir, d.out, **gcs, **{"checkpoint.preemption_grace_s": 5.0})
-  run.wait_for(r"step 10 \|")
+  run.wait_for(r"step 10/")
   emulator.fail(503, "slow_preemption/checkpoints/")
   signal_time = time.monotonic()
   run.process.terminate()
@@ -165,7 +165,7 @@ def disk_drill(d: Drill):
   try:
     workdir = os.path.join(mounted_at, "denied")
     run = Run(workdir, d.out)
-    run.wait_for(r"step 10 \|")
+    run.wait_for(r"step 10/")
     subprocess.run(["chattr", "+i", os.path.join(workdir, "checkpoints")], check=True)
     code = run.finish()
     subprocess.run(["chattr", "-i", os.path.join(workdir, "checkpoints")], check=True)

@@ -36,10 +36,12 @@ class ReadStats:
   bad_lines_skipped: int = 0  # JSONL lines that are not an object with a string field
 
   def note(self, kind: str, where: str, why: str):
-    """Counts one bad input of `kind`; logs the first few with their place."""
+    """Counts one bad input of `kind`; logs the first few with their place
+    (an empty document, common and harmless, below WARNING)."""
     setattr(self, kind, getattr(self, kind) + 1)
     if getattr(self, kind) <= _LOGGED_PER_KIND:
-      logging.warning("%s: %s (%s #%d; later ones are only counted)", where, why,
+      log = logging.info if kind == "empty_skipped" else logging.warning
+      log("%s: %s (%s #%d; later ones are only counted)", where, why,
                       kind, getattr(self, kind))
 
 

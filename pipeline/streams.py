@@ -11,7 +11,6 @@
 import hashlib
 import os
 
-from absl import logging
 
 from pipeline import row_sources
 from pipeline import row_stream
@@ -53,7 +52,7 @@ def ensure_stores(config: DataConfig, vocab_size: int, build_if_missing: bool):
     if not build_if_missing:
       raise
     from pipeline import store_build  # Beam is imported only to build
-    logging.info("building the token store of %s in %s", config.dataset, path)
+    print(f"building the token store of {config.dataset} in {path} (once)", flush=True)
     store_build.build_store(config, path, vocab_size)
 
 

@@ -47,14 +47,19 @@ def test_loss_equals_an_independent_forward_pass(trained, evaluated):
   plan, params = restore_here(checkpointer, step, config, data_parallel_mesh())
   model = nnx.merge(plan.graphdef, params)
   rows = ByteRows("validation", 32, seed=None)  # in file order
-  total, count = 0.0, 0
+  total, count, means = 0.0, 0, []
   for k in range(2):
     batch = rows.rows(np.arange(8 * k, 8 * (k + 1)))
     logits_BTV, _ = jax.jit(lambda t, s: model(t, s))(batch["tokens"], batch["segment_pos"])
     s, n = next_token_nll(logits_BTV, batch["tokens"], batch["segment_pos"])
     total, count = total + float(s), count + int(n)
+    means.append(float(s) / int(n))
   assert evaluated["step"] == 4 and evaluated["tokens"] == count == 2 * 8 * 31
   np.testing.assert_allclose(evaluated["loss"], total / count, rtol=1e-6)
+  # Batches of equal size: the standard error of the mean of the batch means.
+  np.testing.assert_allclose(evaluated["loss_stderr"], np.std(means, ddof=1) / np.sqrt(2),
+                             rtol=1e-5)
+  assert evaluated["batches"] == 2
   assert evaluated["perplexity"] == pytest.approx(math.exp(evaluated["loss"]))
 
 
@@ -86,7 +91,8 @@ def test_the_command_restores_onto_another_device_count(trained, evaluated):
        "--length_multiple=0", "--config.data.global_batch_size=8"],
       cwd=ROOT, env=env, capture_output=True, text=True)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert f"validation loss {evaluated['loss']:.4f}" in done.stdout
+  assert (f"validation loss {evaluated['loss']:.4f} ± {evaluated['loss_stderr']:.4f} "
+          "(standard error over 2 batches)") in done.stdout
 
 
 def test_sampling_from_the_checkpoint(trained):

@@ -67,7 +67,7 @@ def test_bad_input_is_skipped_or_repaired_counted_and_logged(tmp_path, caplog):
       b'{"text": "a good line"}', b"", b"not json", b'{"other": "x"}',
       b'{"text": ""}', b'{"text": 5}', b'{"text": "bad \xff byte"}']))
   stats = ReadStats()
-  with caplog.at_level(logging.WARNING):
+  with caplog.at_level(logging.INFO):  # empty documents at INFO, the rest WARNING
     built = _read(str(corpus / "**/*.*"), 0.4, stats)
   assert stats.empty_skipped == 3  # empty.txt, blank.txt, the empty line text
   assert stats.bad_lines_skipped == 3  # not JSON, no "text", a number
@@ -77,6 +77,8 @@ def test_bad_input_is_skipped_or_repaired_counted_and_logged(tmp_path, caplog):
   assert "caf\ufffd au lait" in texts and "bad \ufffd byte" in texts
   for where in ("latin1.txt", "empty.txt", "lines.jsonl:3"):
     assert where in caplog.text
+  warned = "".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+  assert "latin1.txt" in warned and "lines.jsonl:3" in warned and "empty.txt" not in warned
 
 
 def test_a_glob_without_files_names_the_glob(tmp_path):

@@ -224,8 +224,8 @@ def test_a_checkpoint_of_8_devices_continues_on_4(source_run, tmp_path):
 ], ids=["another_block_pattern", "another_width"])
 def test_resuming_another_architecture_is_named(source_run, tmp_path, overrides, message):
   workdir = copy_until(source_run[0], 4, tmp_path / "run")
-  with pytest.raises(ValueError, match=message):
-    run_steps(make_config(**overrides), workdir, iter([]))
+  with pytest.raises(ValueError, match=message):  # one step more: a finished run trains nothing
+    run_steps(make_config(**overrides, **{"run.steps": 5}), workdir, iter([]))
 
 
 def _truncate_array_files(step_dir):
@@ -247,7 +247,7 @@ def test_a_damaged_checkpoint_is_named_with_what_would_work(source_run, tmp_path
                                                             message):
   workdir = copy_until(source_run[0], 4, tmp_path / "run")
   damage(pathlib.Path(workdir) / "checkpoints" / "4")
-  config = make_config()
+  config = make_config(**{"run.steps": 5})  # one step more: a finished run trains nothing
   with pytest.raises(ValueError, match=message) as error:
     run_steps(config, workdir, make_train_iterator(config))
   assert f"delete {workdir}/checkpoints/4 to resume from step 3" in str(error.value)

@@ -226,15 +226,18 @@ def restore_params(path: str, plan: ParamsPlan):
   """Parameters only from a checkpoint step directory (e.g. `--init_params_from`),
   straight into the shards of `plan`; the optimizer state is never read."""
   target = {"params": rules.with_shardings(plan.abstract, plan.shardings)}
-  step_dir = epath.Path(path) / STATE
-  checkpointer = ocp.PyTreeCheckpointer()
-  saved = checkpointer.metadata(step_dir)
-  saved = getattr(saved, "item_metadata", saved)
-  saved_tree = getattr(saved, "tree", saved)
-  check_shapes({"params": saved_tree["params"]}, target, f"checkpoint {path}")
-  restored = checkpointer.restore(step_dir, args=ocp.args.PyTreeRestore(
-      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-      partial_restore=True))
+  # The item's own handler: a Checkpointer would look for the step's metadata
+  # inside the item directory and warn that it is missing.
+  item_dir, handler = epath.Path(path) / STATE, ocp.PyTreeCheckpointHandler()
+  try:
+    saved = handler.metadata(item_dir)
+    saved_tree = getattr(saved, "tree", saved)
+    check_shapes({"params": saved_tree["params"]}, target, f"checkpoint {path}")
+    restored = handler.restore(item_dir, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+  finally:
+    handler.close()
   return restored["params"]
 
 
@@ -242,9 +245,10 @@ def restore_state(path: str, setup: ShardedSetup):
   """The full train state from a checkpoint step directory (`--init_from`);
   the data position is not taken from it."""
   target = rules.with_shardings(setup.abstract, setup.shardings)
-  step_dir = epath.Path(path) / STATE
-  checkpointer = ocp.StandardCheckpointer()
-  saved = checkpointer.metadata(step_dir)
-  saved = getattr(saved, "item_metadata", saved)
-  check_shapes(getattr(saved, "tree", saved), target, f"checkpoint {path}")
-  return checkpointer.restore(step_dir, target)
+  item_dir, handler = epath.Path(path) / STATE, ocp.StandardCheckpointHandler()
+  try:
+    saved = handler.metadata(item_dir)
+    check_shapes(getattr(saved, "tree", saved), target, f"checkpoint {path}")
+    return handler.restore(item_dir, args=ocp.args.StandardRestore(target))
+  finally:
+    handler.close()

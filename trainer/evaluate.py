@@ -34,7 +34,9 @@ def main():
   overrides = config_flags.get_override_values(flags.FLAGS["config"])
   result = evaluate(_WORKDIR.value, _STEP.value, _EVAL_BATCHES.value, make_eval_iterator,
                     overrides, _LENGTH_MULTIPLE.value)
-  print(f"step {result['step']}: validation loss {result['loss']:.4f}, "
+  stderr = (f" ± {result['loss_stderr']:.4f} (standard error over {result['batches']} "
+            "batches)" if "loss_stderr" in result else "")
+  print(f"step {result['step']}: validation loss {result['loss']:.4f}{stderr}, "
         f"perplexity {result['perplexity']:.2f}, accuracy {result['accuracy']:.4f} over "
         f"{result['tokens']} tokens (length {result['seq_len']})")
   for name, source in result.get("by_source", {}).items():

@@ -46,10 +46,10 @@ def evaluate(workdir: str, step: int | None, eval_batches: int, make_batches,
     result["by_source"] = by_source
   logging.info("evaluation of step %d: %s", step, result)
   if long_batches is not None:
-    (sum_T, count_T, correct_T), _ = score_sources(scorer, params, long_batches, eval_batches,
-                                                   long_data.seq_len)
+    (sum_T, count_T, correct_T, batch_B2), _ = score_sources(
+        scorer, params, long_batches, eval_batches, long_data.seq_len)
     result["by_position"] = {"train_seq_len": train_seq_len, "seq_len": long_data.seq_len,
-                             **summary(sum_T, count_T, correct_T),
+                             **summary(sum_T, count_T, correct_T, batch_B2),
                              "nll_sum": sum_T.tolist(), "count": count_T.tolist(),
                              "correct": correct_T.tolist()}
   if jax.process_index() == 0:

@@ -1,4 +1,5 @@
-"""Step metrics: throughput and MFU, logged to absl, JSONL and TensorBoard."""
+"""Step metrics: throughput and MFU, written to JSONL and TensorBoard (the
+lines a person reads are trainer/progress.py's)."""
 
 import json
 import shutil
@@ -45,9 +46,9 @@ class MetricsWriter:
       self.tensorboard = tensorboardX.SummaryWriter(str(local))
     self._last_time, self._last_step = None, None
 
-  def write(self, step: int, metrics: dict[str, float]):
-    """Logs `metrics` of `step` with tokens/s, TFLOP/s per device and MFU
-    measured since the previous call."""
+  def write(self, step: int, metrics: dict[str, float]) -> dict:
+    """Records `metrics` of `step` with tokens/s, TFLOP/s per device and MFU
+    measured since the previous call; returns the record."""
     now = time.time()
     record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
     if self._last_time is not None and step > self._last_step:
@@ -57,10 +58,9 @@ class MetricsWriter:
       if self.peak:
         record["mfu"] = record["tflops_per_device"] * 1e12 / self.peak
     self._last_time, self._last_step = now, step
-    mfu = f"{record['mfu']:.1%}" if "mfu" in record else "n/a"
-    logging.info("step %d | %s | mfu %s", step, " ".join(
-        f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "mfu")), mfu)
+    logging.debug("%s", record)
     self._record(record)
+    return record
 
   def write_eval(self, step: int, metrics: dict[str, float], seconds: float = 0.0):
     """Logs evaluation metrics of `step`. The evaluation's wall time,
@@ -68,7 +68,6 @@ class MetricsWriter:
     if self._last_time is not None:
       self._last_time += seconds
     record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
-    logging.info("step %d | %s", step, " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     self._record(record)
 
   def _record(self, record: dict):

@@ -2,7 +2,6 @@
 iterator, run the loop, and report."""
 
 import jax
-from absl import logging
 
 from pipeline import streams
 from trainer.config import Config
@@ -59,8 +58,8 @@ def train(config: Config, workdir: str, *, init_from: str = "", init_params_from
           profile_steps=None, coordinator_address: str = "", num_processes: int = 1,
           process_id: int = 0) -> list[dict]:
   init_processes(coordinator_address, num_processes, process_id)
-  logging.info("process %d of %d, %d local devices of %d", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  print(f"process {jax.process_index()} of {jax.process_count()}, "
+        f"{jax.local_device_count()} local devices of {jax.device_count()}", flush=True)
   history = run_steps(config, workdir, make_train_iterator(config), init_from=init_from,
                       init_params_from=init_params_from, stop=StopFlag().install(),
                       profile_steps=profile_steps,

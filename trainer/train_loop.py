@@ -21,6 +21,7 @@ from trainer import lm_eval_lib
 from trainer.config import Config, NonFinite
 from trainer.scoring import Scorer, score_sources, summary
 from trainer.metrics import MetricsWriter
+from trainer.progress import Progress
 from trainer.program import Program, build_program
 from trainer.state import TrainState
 from trainer.train_step import device_batch
@@ -97,7 +98,7 @@ def check_workdir(workdir: str) -> epath.Path:
 
 
 def initial_state(config: Config, program: Program, checkpointer, data_iterator, init_from,
-                  init_params_from) -> tuple[TrainState, dict]:
+                  init_params_from, progress: Progress) -> tuple[TrainState, dict]:
   """Restore order: this run's latest step -> --init_from (a full state) ->
   --init_params_from (parameters only) -> fresh initialisation.
 
@@ -105,15 +106,15 @@ def initial_state(config: Config, program: Program, checkpointer, data_iterator,
   resumed from, {} otherwise."""
   latest = checkpointer.latest_step()
   if latest is not None:
-    logging.info("resuming from %s/%d", checkpointer.directory, latest)
+    progress.event(f"resuming from {checkpointer.directory}/{latest}")
     state, _, counters = checkpointer.restore(latest, program.setup, data_iterator)
     return state, counters
   if init_from:
-    logging.info("initialising the full state from %s", init_from)
+    progress.event(f"initialising the full state from {init_from}")
     return restore_state(init_from, program.setup), {}
   state = program.init_state(config)
   if init_params_from:
-    logging.info("initialising parameters from %s", init_params_from)
+    progress.event(f"initialising parameters from {init_params_from}")
     state = state._replace(params=restore_params(init_params_from, program.setup.params))
   return state, {}
 
@@ -165,8 +166,9 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   program = build_program(config)
   mesh, train_step = program.mesh, program.train_step
   checkpointer = Checkpointer(workdir, config.checkpoint)
+  progress = Progress(config.run.steps, enabled=jax.process_index() == 0)
   state, counters = initial_state(config, program, checkpointer, data_iterator,
-                                  init_from, init_params_from)
+                                  init_from, init_params_from, progress)
   skip = config.run.on_non_finite == NonFinite.SKIP
   skipped_steps = counters.get("skipped_steps", 0)
   train_step.compile_now(state, (config.data.global_batch_size, config.data.seq_len))
@@ -175,6 +177,11 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   tokens = config.data.global_batch_size * config.data.seq_len
   writer = MetricsWriter(workdir, train_flops(
       config.model, config.data.global_batch_size, config.data.seq_len), tokens)
+  if writer.peak is None:
+    progress.event(f"MFU is not reported: no peak FLOP/s is known for "
+                   f"{jax.devices()[0].device_kind} devices (sharding/topologies.py); "
+                   "tokens/s and TFLOP/s per device are in metrics.jsonl")
+  progress.begin(int(state.step))
   config_json = config_lib.to_dict(config)
   history, pending = [], None  # pending: (step, metrics on device), read one step late
   scorer = Scorer(program.setup.graphdef, mesh) if eval_data and config.run.eval_every_steps else None
@@ -202,7 +209,7 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
     history.append({"step": step, **metrics})
     # Step 1 too: the first loss tells at once whether the run starts where it should.
     if step % config.run.log_every_steps == 0 or step in (1, config.run.steps):
-      writer.write(step, metrics)
+      progress.interval(writer.write(step, metrics), jax.device_count())
 
   step = int(state.step)
   tracing = False
@@ -226,15 +233,24 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
                                         config.run.eval_steps, config.data.seq_len)
         result = summary(*sums)
         seconds = time.perf_counter() - start
+        stderr = f" ± {result['loss_stderr']:.4f}" if "loss_stderr" in result else ""
+        progress.event(f"eval at step {step}: loss {result['loss']:.4f}{stderr}, perplexity "
+                       f"{result['perplexity']:.2f}, accuracy {result['accuracy']:.4f} "
+                       f"({seconds:.1f} s)")
         writer.write_eval(step, {"eval_loss": result["loss"],
                                  "eval_perplexity": result["perplexity"],
                                  "eval_accuracy": result["accuracy"],
+                                 **({"eval_loss_stderr": result["loss_stderr"]}
+                                    if "loss_stderr" in result else {}),
                                  **{f"eval_loss_{name}": source["loss"]
                                     for name, source in by_source.items()},
                                  "eval_seconds": seconds}, seconds)
       if harness and step % config.run.lm_eval_every_steps == 0:
         start = evaluation_start(state)
         scores = harness(state.params, program.setup.graphdef, mesh)
+        progress.event(f"lm-eval at step {step}: " + ", ".join(
+            f"{k.removeprefix('lm_eval/')} {v:.4f}" for k, v in scores.items()
+            if k != "lm_eval_seconds") + f" ({scores['lm_eval_seconds']:.1f} s)")
         writer.write_eval(step, scores, time.perf_counter() - start)
       if step % config.checkpoint.save_every_steps == 0 or step == config.run.steps or stop:
         settle(pending)  # never checkpoint a state whose loss was not finite
@@ -243,20 +259,22 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
           commit_within_grace(checkpointer, stop, config.checkpoint.preemption_grace_s)
         checkpointer.save(step, state, data_iterator, config_json,
                           {"skipped_steps": skipped_steps})
+        progress.event(f"checkpoint: saving step {step} to {checkpointer.directory}/{step}")
     if pending:
       settle(pending)
     if stop.signal_time is not None:
       committed = commit_within_grace(checkpointer, stop, config.checkpoint.preemption_grace_s)
-      logging.info("SIGTERM: step %s is committed, %.2f s after the signal; exiting",
-                   committed if committed is not None else checkpointer.latest_step(),
-                   time.monotonic() - stop.signal_time)
+      progress.event(f"SIGTERM: step "
+                     f"{committed if committed is not None else checkpointer.latest_step()} "
+                     f"is committed, {time.monotonic() - stop.signal_time:.2f} s after the "
+                     "signal; exiting")
   finally:
     if tracing:  # the run ended inside the profiled range
       jax.profiler.stop_trace()
     # On an error, the save in flight gets the preemption grace to commit:
     # storage that is gone would hold the exit for as long as its clients retry.
     grace = config.checkpoint.preemption_grace_s if sys.exc_info()[1] else None
-    close_all(lambda: checkpointer.close(grace), writer.close)
+    close_all(lambda: checkpointer.close(grace), writer.close, progress.close)
   return history
 
 
