@@ -3,6 +3,7 @@ commands in a subprocess; each ends with one line `<command>: <what is
 wrong>` on stderr, exit status 1, and no traceback (common/cli.py)."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -46,12 +47,12 @@ CASES = [  # (command, arguments, the last line of stderr after "<command>: ")
 ]
 
 
-def run(command: str, args: list[str], prelude: str = "") -> subprocess.CompletedProcess:
+def run(command: str, args: list[str], prelude: str = "", **env) -> subprocess.CompletedProcess:
   """`python -m command args`, optionally after `prelude` (Python run first)."""
   code = f"{prelude}import runpy; runpy.run_module({command!r}, run_name='__main__', alter_sys=True)"
   return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=120,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1)))
+                        text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu",
+                                                         XLA_FLAGS=xla_flags(1), **env))
 
 
 def assert_refused(done: subprocess.CompletedProcess, command: str, message: str):
@@ -81,3 +82,26 @@ def test_a_refusal_inside_training_is_one_line_and_verbosity_shows_the_traceback
   assert_refused(run("trainer.train", args), "trainer.train", message)
   verbose = run("trainer.train", [*args, "--verbosity=1"])
   assert verbose.returncode == 1 and "Traceback" in verbose.stderr
+
+
+def test_unreachable_cloud_storage_is_named_in_seconds():
+  """Storage that refuses connections (a closed loopback port standing in for
+  no network): one line, before any retry."""
+  done = run("trainer.train", ["--config=configs/smoke.py", "--workdir=gs://bucket/run"],
+             STORAGE_EMULATOR_HOST="http://127.0.0.1:9")
+  assert_refused(done, "trainer.train", "--workdir=gs://bucket/run: Cloud Storage "
+                 "(127.0.0.1:9) cannot be reached from this machine ([Errno 111] Connection "
+                 "refused); check its network, or use a local path")
+
+
+def test_missing_credentials_are_named_with_how_to_authenticate(monkeypatch, tmp_path):
+  from common import storage
+  monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+  monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no_key.json"))
+  monkeypatch.setattr(storage.socket, "create_connection",  # the endpoint answers
+                      lambda *args, **kwargs: socket.socket())
+  with pytest.raises(ValueError, match=r"--workdir=gs://b/run: this machine has no Google "
+                     r"Cloud credentials; authenticate with `gcloud auth application-default "
+                     r"login`, or set GOOGLE_APPLICATION_CREDENTIALS"):
+    storage.check_gcs_reachable("gs://b/run", "--workdir")
+  storage.check_gcs_reachable("/local/run", "--workdir")  # local paths: nothing to check

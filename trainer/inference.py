@@ -4,6 +4,7 @@ only, on this machine's devices (evaluation, sampling, lm-eval)."""
 import jax
 from etils import epath
 
+from common import storage
 from sharding.config import MeshConfig
 from sharding.mesh import make_mesh
 from trainer import config as config_lib
@@ -26,6 +27,7 @@ def find_step(checkpointer: Checkpointer, step: int | None) -> int:
 def open_checkpoint(workdir: str, step: int | None, overrides: dict) -> tuple:
   """(checkpointer, step, the run config of that step with `overrides`
   {"section.field": value} applied, the training sequence length)."""
+  storage.check_gcs_reachable(workdir, "--workdir")
   if not epath.Path(workdir).exists():
     raise ValueError(f"--workdir={workdir} does not exist")
   checkpointer = Checkpointer(workdir, config_lib.CheckpointConfig())

@@ -19,7 +19,7 @@ import traceback
 
 from absl import flags, logging
 
-from common import cli, config_flag
+from common import cli, config_flag, storage
 from trainer import config as config_lib
 
 _CONFIG = config_flag.define_config_flag()
@@ -53,6 +53,14 @@ def main():
   from trainer.train_loop import PreemptionTimeoutError
   config = config_lib.build(config_flag.flag_config(_CONFIG))
   profile = parse_profile_steps(_PROFILE.value, config.run.steps)
+  paths = {"--workdir": _WORKDIR.value, "--init_from": _INIT_FROM.value,
+           "--init_params_from": _INIT_PARAMS_FROM.value, "data.tokenizer": config.data.tokenizer,
+           "data.data_dir": config.data.data_dir,
+           **{f"data.stores ({name})": path for name, path in config.data.store_paths().items()}}
+  for flag, path in paths.items():  # in seconds, not after a minute of retries
+    if path.startswith("gs://"):
+      storage.check_gcs_reachable(path, flag)
+      break  # one endpoint and one set of credentials for all of them
   try:
     train(config, _WORKDIR.value, init_from=_INIT_FROM.value,
           init_params_from=_INIT_PARAMS_FROM.value, profile_steps=profile,

@@ -12,6 +12,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from common import storage
 from model.flops import train_flops
 from sharding import rules
 from trainer.checkpoint import (Checkpointer, check_step_dir, committed_steps, restore_params,
@@ -82,6 +83,7 @@ def check_workdir(workdir: str) -> epath.Path:
   """Creates the workdir if needed; a clear error if it cannot be written."""
   path = epath.Path(workdir)
   if workdir.startswith("gs://"):
+    storage.check_gcs_reachable(workdir, "--workdir")
     bucket = "gs://" + workdir[len("gs://"):].split("/", 1)[0]
     if not epath.Path(bucket).exists():
       raise ValueError(f"--workdir={workdir}: the bucket {bucket} does not exist or these "
