@@ -97,7 +97,7 @@ def compile_report(config: config_lib.Config, accelerator_type: str,
       roofline_step_s=hardware / (chips * chip.peak_bf16_flops),
       mfu_bound=train / hardware, error=None)
   try:
-    compiled = lowered.compile()
+    compiled = topologies.compile_only(lowered)
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise

@@ -74,7 +74,7 @@ def compile_variant(config, accelerator_type: str, num_slices: int, copies: int,
   from aot import compile_check  # JAX starts here, after the topology table's env setup
   step = compile_check.lower_train_step(variant(config, copies, groups), accelerator_type, num_slices)
   start = time.perf_counter()
-  compiled = step.lowered.compile(compiler_options=COMPILER_OPTIONS)
+  compiled = topologies.compile_only(step.lowered, compiler_options=COMPILER_OPTIONS)
   seconds = time.perf_counter() - start
   text, cost = compiled.as_text(), dict(compiled.cost_analysis())
   if keep:

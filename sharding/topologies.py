@@ -145,6 +145,25 @@ class TpuType:
                                         platform="tpu", **options)
 
 
+def compile_only(lowered, **compile_kwargs):
+  """`lowered.compile()` for a topology's compile-only devices, kept out of
+  JAX's persistent compilation cache: such an executable cannot be read back
+  without a TPU client, and every later read of it would warn ("PjRtCompiler
+  must be constructed with a Client")."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache
+  enabled = jax.config.jax_enable_compilation_cache
+  # JAX decides once per process whether the cache is used; reset_cache makes
+  # it decide again, on each side of this compile.
+  jax.config.update("jax_enable_compilation_cache", False)
+  compilation_cache.reset_cache()
+  try:
+    return lowered.compile(**compile_kwargs)
+  finally:
+    jax.config.update("jax_enable_compilation_cache", enabled)
+    compilation_cache.reset_cache()
+
+
 def _build_table() -> dict[str, TpuType]:
   table = {}
   for gen in GENERATIONS.values():

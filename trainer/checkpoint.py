@@ -182,7 +182,9 @@ class Checkpointer:
     try:
       yield
     except Exception as e:  # noqa: BLE001 - any read error means a damaged step here
-      self._raise_damaged(step, " ".join(f"{type(e).__name__}: {e}".split())[:1000], e)
+      # TensorStore appends its whole spec (about 1 kB of JSON): the cause is before it.
+      cause = " ".join(str(e).split(" [tensorstore_spec=")[0].split())
+      self._raise_damaged(step, f"{type(e).__name__}: {cause[:400]}", e)
 
   def _raise_damaged(self, step: int, cause: str, error: Exception | None = None):
     others = [s for s in self.manager.all_steps() if s != step]
