@@ -16,7 +16,7 @@ The same on 8 fake CPU devices with a data x fsdp x tensor = 2x2x2 mesh:
       --config.mesh.ici_fsdp=2 --config.mesh.ici_tensor=2
 
 Expected: (2 shared CPU cores; docs/evaluation.md dates the measured run) store and tokenizer built
-in about 7 s, 600 steps in about 2 minutes, training loss 9.0 at step 1 falling
+in about 7 s, 600 steps in about 2 minutes, training loss 9.42 at step 1 falling
 to ~4.2-5.5 (noisy batches), and the evaluate command prints the validation
 loss over 16 batches: 4.491 (perplexity 89.2, accuracy 0.300), and 4.52 at
 512 tokens, 4x the training length. (Before the token store, the first 16
