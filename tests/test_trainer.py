@@ -224,7 +224,8 @@ def _run(workdir, processes, steps, tmp_path, devices=8):
   env = dict(os.environ, JAX_PLATFORMS="cpu")  # with the session's compilation cache
   if processes == 1:
     env["XLA_FLAGS"] = xla_flags(8)
-    subprocess.run(command, env=env, cwd=ROOT, check=True, capture_output=True)
+    return subprocess.run(command, env=env, cwd=ROOT, check=True, capture_output=True,
+                          text=True)
   else:
     subprocess.run([sys.executable, "-m", "launch.local", f"--num_processes={processes}",
                     f"--devices_per_process={devices // processes}",
@@ -247,9 +248,19 @@ def test_entry_point_pinned_losses_and_any_process_count_resumes_it(tmp_path):
   it resumes in this process. (tests/test_reliability.py moves a checkpoint
   from 8 devices to 4 in one process.)"""
   one, one_to_two = str(tmp_path / "one"), str(tmp_path / "one_to_two")
-  _run(one, 1, 3, tmp_path)
+  done = _run(one, 1, 3, tmp_path)
   # If a change is meant to alter numerics, update from the failure message.
   np.testing.assert_allclose(_logged_losses(one), [5.725722, 5.645171, 4.626957], rtol=1e-6)
+  # What the person running it reads: progress lines, no library INFO lines.
+  lines = done.stdout.splitlines()
+  assert lines[0] == "process 0 of 1, 8 local devices of 8" and "MFU is not reported" in lines[1]
+  assert lines[2].startswith("step 1/3 | loss 5.7257 | ETA ")
+  assert lines[-1] == "trained to step 3: loss 4.6270", done.stdout
+  assert f"checkpoint: saving step 3 to {one}/checkpoints/3" in lines
+  assert not [line for line in done.stderr.splitlines() if line[:1] in "ID"], done.stderr
+  again = _run(one, 1, 3, tmp_path)  # finished: says so, trains nothing
+  assert "nothing to train: " in again.stderr and "holds step 3 and run.steps=3" in again.stderr
+  assert "trained to step" not in again.stdout
   shutil.copytree(one, one_to_two)
   _resume_in_process(one, 5)
   _run(one_to_two, 2, 5, tmp_path)
