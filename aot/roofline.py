@@ -27,9 +27,10 @@ import math
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from aot import roofline_fit, variants
+from common import cli
 
 _ROWS = flags.DEFINE_list("rows", ["all"], "Row names (config@topology[+knob]) or all.")
 _CACHE = flags.DEFINE_string("cache", "/tmp/roofline_cache.json", "Measurement cache.")
@@ -143,9 +144,7 @@ def table(rows: list[tuple[str, dict]]) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+def main():
   known = {name: row for name, *row in ROWS}
   names = list(known) if _ROWS.value == ["all"] else _ROWS.value
   for name in names + _CHECK_FULL.value:
@@ -173,4 +172,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -19,7 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from aot import compile_check as aot_check
-from common import config_flag
+from common import cli, config_flag
 from sharding import topologies
 from trainer import config as config_lib
 
@@ -159,6 +159,8 @@ def parse(argv: list[str], fv: flags.FlagValues, actions: tuple[str, ...],
     rest = fv(argv)[1:]
   except flags.Error as e:
     raise SystemExit(f"error: {e}") from None
+  except (AttributeError, KeyError) as e:  # ml_collections: an override naming no field
+    raise SystemExit(f"error: {cli.override_error(argv, e)}") from None
   finally:
     sys.argv = saved
   if len(rest) != 1 or rest[0] not in actions:

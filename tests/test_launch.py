@@ -221,6 +221,16 @@ def test_bad_input_fails_before_any_cloud_command(cloud, capsys, launcher, args,
   assert cloud.calls() == []
 
 
+def test_bad_flags_end_in_one_line(cloud):
+  argv = ["tpu_vm", *JOB_14B, f"--image={IMAGE}", "submit"]
+  with pytest.raises(SystemExit, match="^error: --config.model.widht=3: the config has no "
+                     "field 'widht'; Did you mean \"width\""):
+    tpu_vm.main([*argv[:-1], "--config.model.widht=3", "submit"])
+  with pytest.raises(SystemExit, match="^error: Unknown command line flag 'tpu_typ'"):
+    tpu_vm.main([*argv[:-1], "--tpu_typ=v5p-8", "submit"])
+  assert cloud.calls() == []
+
+
 def test_compile_check_gates_the_submission(cloud, capfd):
   """The real `python -m aot.compile_check`: a step that compiles is submitted; one
   that fails (2 query heads over tensor 4) submits nothing."""
