@@ -5,7 +5,7 @@ import jax
 
 from pipeline import streams
 from trainer.config import Config
-from trainer.train_loop import StopFlag, run_steps
+from trainer.train_loop import StopFlag, check_workdir, run_steps
 
 
 def init_processes(coordinator_address: str, num_processes: int, process_id: int):
@@ -60,6 +60,7 @@ def train(config: Config, workdir: str, *, init_from: str = "", init_params_from
   init_processes(coordinator_address, num_processes, process_id)
   print(f"process {jax.process_index()} of {jax.process_count()}, "
         f"{jax.local_device_count()} local devices of {jax.device_count()}", flush=True)
+  check_workdir(workdir)  # bucket and write access, before the data is prepared
   history = run_steps(config, workdir, make_train_iterator(config), init_from=init_from,
                       init_params_from=init_params_from, stop=StopFlag().install(),
                       profile_steps=profile_steps,
