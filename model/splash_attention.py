@@ -1,0 +1,76 @@
+"""Griffin's attention through JAX's Pallas TPU splash-attention kernel
+(`jax.experimental.pallas.ops.tpu.splash_attention`).
+
+The XLA path of `model/attention.py` builds a T x T f32 logits tensor per
+query head (or T x 2C blocks when the window is short next to T); splash
+attention streams key blocks through VMEM with an online softmax and skips
+the blocks the mask rules out, so memory is linear in T and a local window
+costs O(T x window). It takes all three of our masks:
+- causal local attention (Griffin): `LocalMask` with window (w, 0), the key
+  at t - w the oldest visible, as `AttentionBlock._sequence_mask`;
+  global (the MQA baseline): `CausalMask`;
+- no attention across packed documents: `SegmentIds`, a document index per
+  token counted from `segment_pos` (a new document starts where it is 0);
+- MQA: `make_splash_mqa`, one K/V head shared by every query head.
+
+The kernel scores q·k without scaling: queries are scaled by H**-0.5 first,
+as `AttentionBlock._attend` scales its logits. Off TPU it runs in interpret
+mode (the tests' reference check); the model selects it only for TPU.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+BLOCK = 512  # query and key block length; smaller rows use one block of T
+
+
+def block_sizes(T: int, block: int = BLOCK) -> splash.BlockSizes:
+  """Blocks of min(block, T) tokens, forward and backward; T must be a
+  multiple of them (the kernel has no partial blocks)."""
+  block = min(block, T)
+  if T % block:
+    raise ValueError(f"splash attention needs a sequence length that is a multiple of "
+                     f"its block of {block} tokens; got T={T}")
+  return splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                           block_q_dkv=block, block_kv_dkv=block,
+                           block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+
+
+@functools.lru_cache(maxsize=32)
+def make_kernel(T: int, num_heads: int, window: int | None, interpret: bool, block: int):
+  """The MQA splash kernel of one row: (N, T, H) queries, (T, H) keys and
+  values, and SegmentIds. Masks are numpy-built once per shape."""
+  one = (splash.CausalMask((T, T)) if window is None
+         else splash.LocalMask((T, T), (window, 0), offset=0))
+  mask = splash.MultiHeadMask([one] * num_heads)
+  # Its mask tables become arrays: concrete ones, never a trace's (the kernel
+  # is cached and called from many traces).
+  with jax.ensure_compile_time_eval():
+    return splash.make_splash_mqa_single_device(mask, block_sizes=block_sizes(T, block),
+                                                interpret=interpret)
+
+
+def document_ids(segment_pos_BT: jax.Array) -> jax.Array:
+  """Token -> index of its document in the row: a new one where segment_pos
+  is 0, so tokens of different packed documents never share an id."""
+  return jnp.cumsum((segment_pos_BT == 0).astype(jnp.int32), axis=1)
+
+
+def splash_attend(q_BTNH, k_BTH, v_BTH, segment_pos_BT, window: int | None,
+                  interpret: bool = False, block: int = BLOCK):
+  """Softmax attention of each query head over the visible keys: the same
+  values as `AttentionBlock._attend` under `_sequence_mask`."""
+  B, T, N, H = q_BTNH.shape
+  kernel = make_kernel(T, N, window, interpret, block)
+  scaled_BNTH = (jnp.swapaxes(q_BTNH, 1, 2) * np.asarray(H**-0.5, q_BTNH.dtype))
+  ids_BT = document_ids(segment_pos_BT)
+
+  def one_row(q_NTH, k_TH, v_TH, ids_T):
+    return kernel(q_NTH, k_TH, v_TH, segment_ids=splash.SegmentIds(q=ids_T, kv=ids_T))
+
+  enc_BNTH = jax.vmap(one_row)(scaled_BNTH, k_BTH, v_BTH, ids_BT)
+  return jnp.swapaxes(enc_BNTH, 1, 2).astype(v_BTH.dtype)
