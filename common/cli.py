@@ -70,8 +70,8 @@ def verbose() -> bool:
 
 def run(main: Callable, beam_args: bool = False):
   """Parses the flags (strictly), then calls `main()`; logs from WARNING up
-  unless --verbosity says otherwise (0: INFO, 1: DEBUG and tracebacks). With `beam_args`, the arguments after `--` are
-  Apache Beam's: `main(those)`."""
+  unless --verbosity says otherwise (0: INFO, 1: DEBUG and tracebacks). With
+  `beam_args`, the arguments after `--` are Apache Beam's: `main(those)`."""
 
   def parse(argv: list[str]) -> list[str]:
     try:
