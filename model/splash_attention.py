@@ -15,7 +15,9 @@ costs O(T x window). It takes all three of our masks:
 
 The kernel scores q·k without scaling: queries are scaled by H**-0.5 first,
 as `AttentionBlock._attend` scales its logits. Off TPU it runs in interpret
-mode (the tests' reference check); the model selects it only for TPU.
+mode (the tests' reference check). On TPU, Mosaic refuses bf16 operands
+under `jax_default_matmul_precision="highest"` ("Bad lhs type"): compile at
+the default precision, as the trainer does. Not yet selected by the model.
 """
 
 import functools

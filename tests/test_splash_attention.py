@@ -11,6 +11,7 @@ from flax import nnx
 
 from model.attention import AttentionBlock
 from model.splash_attention import block_sizes, document_ids, splash_attend
+from sharding import topologies
 
 B, T, N, H = 2, 256, 2, 128
 BLOCK = 128  # two blocks per row, so windows cross block boundaries
@@ -63,3 +64,21 @@ def test_documents_and_blocks():
   assert block_sizes(2048).block_q == 512 and block_sizes(256).block_kv == 256
   with pytest.raises(ValueError, match="multiple of its block of 512 tokens; got T=1000"):
     block_sizes(1000)
+
+
+def test_forward_and_backward_compile_to_mosaic_kernels_for_tpu():
+  """Compile-only for one v5e chip: the forward, dq and dkv kernels."""
+  one = jax.sharding.SingleDeviceSharding(topologies.get("v5e-8").get_topology_desc().devices[0])
+  args = (jax.ShapeDtypeStruct((1, 512, N, H), jnp.bfloat16, sharding=one),
+          jax.ShapeDtypeStruct((1, 512, H), jnp.bfloat16, sharding=one),
+          jax.ShapeDtypeStruct((1, 512, H), jnp.bfloat16, sharding=one),
+          jax.ShapeDtypeStruct((1, 512), jnp.int32, sharding=one))
+
+  def loss(q, k, v, pos):
+    return jnp.sum(splash_attend(q, k, v, pos, 128).astype(jnp.float32))
+
+  # The trainer's default precision: Mosaic takes no fp32 contract precision
+  # on bf16 operands, and conftest sets "highest" for the CPU numbers.
+  with jax.default_matmul_precision("default"):
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args)
+  assert topologies.compile_only(lowered).as_text().count("tpu_custom_call") == 3
