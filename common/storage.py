@@ -7,6 +7,7 @@ Under STORAGE_EMULATOR_HOST (the tests' local emulator) the emulator is the
 endpoint and no credentials are needed.
 """
 
+import functools
 import os
 import socket
 from urllib.parse import urlparse
@@ -27,16 +28,28 @@ def check_gcs_reachable(path: str, flag: str, timeout_s: float = 10.0):
   host, port = (endpoint.hostname, endpoint.port or 80) if endpoint else (
       "storage.googleapis.com", 443)
   try:
-    socket.create_connection((host, port), timeout=timeout_s).close()
+    _connect(host, port, timeout_s)
   except OSError as e:
     raise ValueError(f"{flag}={path}: Cloud Storage ({host}:{port}) cannot be reached from "
                      f"this machine ({e}); check its network, or use a local path") from e
   if emulator:
     return
-  import google.auth  # gcsfs's dependency; imported only for gs:// paths
-  from google.auth import exceptions
+  from google.auth import exceptions  # gcsfs's dependency; imported only for gs:// paths
   try:
-    google.auth.default()
+    _default_credentials()
   except exceptions.DefaultCredentialsError as e:
     raise ValueError(f"{flag}={path}: this machine has no Google Cloud credentials; "
                      f"{AUTHENTICATE}") from e
+
+
+# A success is remembered for the process (a training run checks its workdir
+# from main, then from the loop); a failure raises, so it is never cached.
+@functools.lru_cache(maxsize=None)
+def _connect(host: str, port: int, timeout_s: float):
+  socket.create_connection((host, port), timeout=timeout_s).close()
+
+
+@functools.lru_cache(maxsize=1)
+def _default_credentials():
+  import google.auth
+  google.auth.default()

@@ -3,7 +3,6 @@ commands in a subprocess; each ends with one line `<command>: <what is
 wrong>` on stderr, exit status 1, and no traceback (common/cli.py)."""
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -98,8 +97,7 @@ def test_missing_credentials_are_named_with_how_to_authenticate(monkeypatch, tmp
   from common import storage
   monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
   monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no_key.json"))
-  monkeypatch.setattr(storage.socket, "create_connection",  # the endpoint answers
-                      lambda *args, **kwargs: socket.socket())
+  monkeypatch.setattr(storage, "_connect", lambda *args: None)  # the endpoint answers
   with pytest.raises(ValueError, match=r"--workdir=gs://b/run: this machine has no Google "
                      r"Cloud credentials; authenticate with `gcloud auth application-default "
                      r"login`, or set GOOGLE_APPLICATION_CREDENTIALS"):

@@ -160,8 +160,7 @@ def evaluate_checkpoint(workdir: str, step: int | None, tasks: str, *, include_p
 class InTraining:
   """lm-eval every `run.lm_eval_every_steps` steps of a run. Made before the
   first step: lm-eval installed, task names known and their data loaded, or
-  the run stops there. Each call returns the flat scores and
-  `lm_eval_seconds`, the wall time the harness took."""
+  the run stops there. Each call returns the flat scores (the loop times it)."""
 
   def __init__(self, config):
     from pipeline import streams
@@ -183,7 +182,6 @@ class InTraining:
   def __call__(self, params, graphdef, mesh) -> dict[str, float]:
     from lm_eval import evaluator
     from trainer.lm_eval_model import GriffinLM
-    start = time.perf_counter()
     if self.lm is None:  # kept: its compiled programs serve every evaluation
       self.lm = GriffinLM(graphdef, params, self.tokenizer, mesh, max_length=self.max_length,
                           batch_size=self.batch_size)
@@ -192,4 +190,4 @@ class InTraining:
     results = evaluator.evaluate(lm=self.lm, task_dict=self.loaded, limit=self.limit,
                                  bootstrap_iters=0, log_samples=False)
     self.lm.params = None  # the next step donates these buffers
-    return {**flat_metrics(results), "lm_eval_seconds": time.perf_counter() - start}
+    return flat_metrics(results)

@@ -19,11 +19,11 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-  """Lines on `stream` (default stdout) for the steps up to `total`; silent
-  unless `enabled` (process 0)."""
+  """Lines on `stream` (default stdout) for the steps up to `total` of a run
+  on `devices` devices; silent unless `enabled` (process 0)."""
 
-  def __init__(self, total: int, enabled: bool = True, stream=None):
-    self.total, self.enabled = total, enabled
+  def __init__(self, total: int, devices: int, enabled: bool = True, stream=None):
+    self.total, self.devices, self.enabled = total, devices, enabled
     self.stream = stream or sys.stdout
     self.bar = None
     self._start = None  # (time, step) of the first step after the compile
@@ -51,14 +51,14 @@ class Progress:
       return "?"
     return duration((time.monotonic() - started) / (step - first) * (self.total - step))
 
-  def interval(self, record: dict, devices: int):
+  def interval(self, record: dict):
     """The line of a logged train step (a MetricsWriter record)."""
     if not self.enabled:
       return
     step = record["step"]
     parts = [f"step {step}/{self.total}", f"loss {record['loss']:.4f}"]
     if "tokens_per_s_per_device" in record:
-      parts.append(f"{record['tokens_per_s_per_device'] * devices:,.0f} tokens/s")
+      parts.append(f"{record['tokens_per_s_per_device'] * self.devices:,.0f} tokens/s")
     if "mfu" in record:
       parts.append(f"MFU {record['mfu']:.1%}")
     if record.get("skipped_steps"):

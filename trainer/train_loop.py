@@ -168,7 +168,7 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   program = build_program(config)
   mesh, train_step = program.mesh, program.train_step
   checkpointer = Checkpointer(workdir, config.checkpoint)
-  progress = Progress(config.run.steps, enabled=jax.process_index() == 0)
+  progress = Progress(config.run.steps, jax.device_count(), enabled=jax.process_index() == 0)
   state, counters = initial_state(config, program, checkpointer, data_iterator,
                                   init_from, init_params_from, progress)
   skip = config.run.on_non_finite == NonFinite.SKIP
@@ -211,7 +211,7 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
     history.append({"step": step, **metrics})
     # Step 1 too: the first loss tells at once whether the run starts where it should.
     if step % config.run.log_every_steps == 0 or step in (1, config.run.steps):
-      progress.interval(writer.write(step, metrics), jax.device_count())
+      progress.interval(writer.write(step, metrics))
 
   step = int(state.step)
   tracing = False
@@ -250,10 +250,11 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
       if harness and step % config.run.lm_eval_every_steps == 0:
         start = evaluation_start(state)
         scores = harness(state.params, program.setup.graphdef, mesh)
+        seconds = time.perf_counter() - start
         progress.event(f"lm-eval at step {step}: " + ", ".join(
-            f"{k.removeprefix('lm_eval/')} {v:.4f}" for k, v in scores.items()
-            if k != "lm_eval_seconds") + f" ({scores['lm_eval_seconds']:.1f} s)")
-        writer.write_eval(step, scores, time.perf_counter() - start)
+            f"{k.removeprefix('lm_eval/')} {v:.4f}" for k, v in scores.items())
+            + f" ({seconds:.1f} s)")
+        writer.write_eval(step, {**scores, "lm_eval_seconds": seconds}, seconds)
       if step % config.checkpoint.save_every_steps == 0 or step == config.run.steps or stop:
         settle(pending)  # never checkpoint a state whose loss was not finite
         pending = None
