@@ -8,8 +8,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model import sequence
+from model import sequence, splash_attention
+from model.config import AttentionImpl
 from model.layers import constrain, fan_in_normal, lead, param
+from model.scan import target_platform
 
 _MASKED = -2.3819763e38  # recurrentgemma's fill value for masked logits.
 
@@ -40,10 +42,13 @@ class AttentionBlock(nnx.Module):
 
   Token t at position p sees key s iff s <= t, t - s <= p (same document) and
   t - s <= window (window + 1 keys including itself; None = global).
+  A full sequence goes through the splash kernel or the XLA einsums as
+  `impl` says (`_use_splash`); the values are the same.
   """
 
   def __init__(self, width: int, head_dim: int, *, window: int | None,
-               rope_max_wavelength: float, out_init_scale: float, dtype, rngs: nnx.Rngs):
+               rope_max_wavelength: float, out_init_scale: float, dtype, rngs: nnx.Rngs,
+               impl: AttentionImpl = AttentionImpl.AUTO):
     N = width // head_dim
     self.q = param(fan_in_normal(rngs.params(), (width, N, head_dim), width),
                    ("embed", "heads", "head_dim"))
@@ -57,6 +62,7 @@ class AttentionBlock(nnx.Module):
     self.window = window
     self.rope_max_wavelength = rope_max_wavelength
     self.dtype = dtype
+    self.impl = impl
 
   def init_cache(self, batch: int, length: int) -> AttentionCache:
     """An empty cache; `length` is used only for global attention."""
@@ -86,6 +92,9 @@ class AttentionBlock(nnx.Module):
     if cache is None:
       if sequence.shards() > 1:
         enc_BTNH = self._sequence_parallel_attend(q_BTNH, k_BTH, v_BTH, segment_pos_BT)
+      elif self._use_splash(q_BTNH.shape[1]):
+        enc_BTNH = splash_attention.sharded_splash_attend(q_BTNH, k_BTH, v_BTH,
+                                                          segment_pos_BT, self.window)
       elif self._chunk(q_BTNH.shape[1]):
         enc_BTNH = self._blocked_attend(q_BTNH, k_BTH, v_BTH, segment_pos_BT)
       else:
@@ -97,6 +106,18 @@ class AttentionBlock(nnx.Module):
       enc_BTNH, new_cache = self._decode(q_BTNH, k_BTH, v_BTH, segment_pos_BT, cache)
     out_BTD = jnp.einsum("BTNH,NHD->BTD", enc_BTNH, self.out[...].astype(self.dtype))
     return out_BTD + lead(self.out_bias[...].astype(self.dtype), 3), new_cache
+
+  def _use_splash(self, T: int) -> bool:
+    """SPLASH: always (refusing shapes the kernel cannot take); AUTO: when
+    compiling for TPU and the shapes fit, decided when traced (so an ahead-
+    of-time TPU compile from a CPU host gets the kernel); XLA: never."""
+    if self.impl is AttentionImpl.XLA:
+      return False
+    why = splash_attention.unsupported(T, self.k.shape[1])
+    if self.impl is AttentionImpl.SPLASH and why:
+      raise ValueError(f"model.attention_impl=splash: {why}; or use attention_impl=auto, "
+                       "which falls back to the XLA attention.")
+    return why is None and (self.impl is AttentionImpl.SPLASH or target_platform() == "tpu")
 
   def _sequence_mask(self, segment_pos_BT):
     T = segment_pos_BT.shape[1]

@@ -28,6 +28,14 @@ class ScanImpl(enum.Enum):
   AUTO = "auto"  # PALLAS when compiling for TPU, LINEAR elsewhere.
 
 
+class AttentionImpl(enum.Enum):
+  """How a full sequence is attended (decoding always uses the XLA path)."""
+
+  XLA = "xla"  # Einsums over the masked logits: T x T, or T x 2C blocks.
+  SPLASH = "splash"  # JAX's Pallas TPU splash kernel; interpreted off TPU.
+  AUTO = "auto"  # SPLASH when compiling for TPU and the shapes fit it, else XLA.
+
+
 class Remat(enum.Enum):
   """What each scanned layer group keeps for the backward pass."""
 
@@ -84,6 +92,9 @@ class ModelConfig:
   # The Pallas kernel when compiling for TPU (also ahead of time from a CPU
   # host), lax.scan elsewhere.
   scan_impl: ScanImpl = ScanImpl.AUTO
+  # Splash attention when compiling for TPU (whole 128-lane blocks and heads),
+  # the XLA einsums elsewhere and for sequence-parallel meshes.
+  attention_impl: AttentionImpl = AttentionImpl.AUTO
   remat: Remat = Remat.FULL
   compute_dtype: str = "float32"
 
@@ -118,7 +129,7 @@ class ModelConfig:
     if self.norm_eps <= 0:
       raise ValueError(f"model.norm_eps={self.norm_eps} must be > 0.")
     for name, enum_type in (("a_init", AInit), ("scan_impl", ScanImpl),
-                            ("remat", Remat)):
+                            ("attention_impl", AttentionImpl), ("remat", Remat)):
       if not isinstance(getattr(self, name), enum_type):
         raise ValueError(f"model.{name}={getattr(self, name)!r} is not one of "
                          f"{[e.value for e in enum_type]}.")

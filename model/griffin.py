@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model import sequence
+from model import sequence, splash_attention
 from model.attention import AttentionBlock
 from model.config import BlockType, ModelConfig, Remat
 from model.layers import Embedder, MLPBlock, RMSNorm, constrain
@@ -15,8 +15,12 @@ from model.recurrent import RecurrentBlock
 REMAT_POLICIES = {
     Remat.FULL: jax.checkpoint_policies.nothing_saveable,
     # Projections have no batch dims in their dot_general; attention's do, so
-    # its T x S logits are recomputed rather than kept.
-    Remat.SAVE_MATMULS: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # its T x S logits are recomputed rather than kept. The splash kernel's
+    # output and log-sum-exp (the size of the queries) are kept, so its
+    # forward does not run again in the backward pass.
+    Remat.SAVE_MATMULS: jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(splash_attention.RESIDUALS)),
 }
 
 
@@ -39,7 +43,7 @@ class ResidualBlock(nnx.Module):
       self.temporal = AttentionBlock(
           config.width, config.head_dim, window=config.attention_window,
           rope_max_wavelength=config.rope_max_wavelength, out_init_scale=out_scale,
-          dtype=dtype, rngs=rngs)
+          impl=config.attention_impl, dtype=dtype, rngs=rngs)
     self.channel_pre_norm = RMSNorm(config.width, eps=config.norm_eps, dtype=dtype)
     self.mlp = MLPBlock(config.width, config.mlp_width, gelu_tanh=config.gelu_tanh,
                         out_init_scale=out_scale, dtype=dtype, rngs=rngs)

@@ -17,17 +17,43 @@ The kernel scores q·k without scaling: queries are scaled by H**-0.5 first,
 as `AttentionBlock._attend` scales its logits. Off TPU it runs in interpret
 mode (the tests' reference check). On TPU, Mosaic refuses bf16 operands
 under `jax_default_matmul_precision="highest"` ("Bad lhs type"): compile at
-the default precision, as the trainer does. Not yet selected by the model.
+the default precision, as the trainer does.
+
+Under a mesh the kernel runs inside `jax.shard_map` (a pallas_call is not
+partitioned by GSPMD): rows split as the batch is, query heads as the
+"heads" axis is, and the one K/V head whole on every shard, which is the
+paper's layout (§4.1). The kernel's output and log-sum-exp are named
+`RESIDUALS` for the remat policy (`model/griffin.py`) to keep.
 """
 
+import concurrent.futures
 import functools
 
+import flax.core.spmd
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
+from model.scan import target_platform
+
 BLOCK = 512  # query and key block length; smaller rows use one block of T
+LANES = 128  # Mosaic's vector lanes: blocks and heads are multiples of them
+RESIDUALS = "splash_attention_residuals"
+
+
+def unsupported(T: int, head_dim: int, block: int = BLOCK) -> str | None:
+  """Why the kernel cannot take rows of T tokens and heads of `head_dim`
+  (None when it can): it has no partial blocks, and blocks and heads fill
+  whole 128-lane vectors."""
+  block = min(block, T)
+  if T % block or block % LANES:
+    return (f"sequence length T={T} does not fill whole kernel blocks: use a multiple "
+            f"of {LANES} up to {block}, and of {block} above it")
+  if head_dim % LANES:
+    return f"head_dim={head_dim} is not a multiple of {LANES}"
+  return None
 
 
 def block_sizes(T: int, block: int = BLOCK) -> splash.BlockSizes:
@@ -49,11 +75,17 @@ def make_kernel(T: int, num_heads: int, window: int | None, interpret: bool, blo
   one = (splash.CausalMask((T, T)) if window is None
          else splash.LocalMask((T, T), (window, 0), offset=0))
   mask = splash.MultiHeadMask([one] * num_heads)
-  # Its mask tables become arrays: concrete ones, never a trace's (the kernel
-  # is cached and called from many traces).
-  with jax.ensure_compile_time_eval():
-    return splash.make_splash_mqa_single_device(mask, block_sizes=block_sizes(T, block),
-                                                interpret=interpret)
+  # The library makes the mask tables eagerly with jnp.array. On a fresh
+  # thread no trace and no mesh is in context (both are thread-local), so they
+  # land on this host, never in a trace (the kernel is cached and called from
+  # many) nor on the devices of a TPU topology being compiled for from a CPU
+  # host; as numpy arrays they are then constants of whatever calls them.
+  build = functools.partial(splash.make_splash_mqa_single_device, mask,
+                            block_sizes=block_sizes(T, block), interpret=interpret,
+                            residual_checkpoint_name=RESIDUALS)
+  with concurrent.futures.ThreadPoolExecutor(1) as thread:
+    kernel = thread.submit(build).result()
+  return jax.tree.map(np.asarray, kernel)
 
 
 def document_ids(segment_pos_BT: jax.Array) -> jax.Array:
@@ -65,7 +97,8 @@ def document_ids(segment_pos_BT: jax.Array) -> jax.Array:
 def splash_attend(q_BTNH, k_BTH, v_BTH, segment_pos_BT, window: int | None,
                   interpret: bool = False, block: int = BLOCK):
   """Softmax attention of each query head over the visible keys: the same
-  values as `AttentionBlock._attend` under `_sequence_mask`."""
+  values as `AttentionBlock._attend` under `_sequence_mask`. Unsharded
+  arrays (or one shard's)."""
   B, T, N, H = q_BTNH.shape
   kernel = make_kernel(T, N, window, interpret, block)
   scaled_BNTH = (jnp.swapaxes(q_BTNH, 1, 2) * np.asarray(H**-0.5, q_BTNH.dtype))
@@ -76,3 +109,25 @@ def splash_attend(q_BTNH, k_BTH, v_BTH, segment_pos_BT, window: int | None,
 
   enc_BNTH = jax.vmap(one_row)(scaled_BNTH, k_BTH, v_BTH, ids_BT)
   return jnp.swapaxes(enc_BNTH, 1, 2).astype(v_BTH.dtype)
+
+
+def sharded_splash_attend(q_BTNH, k_BTH, v_BTH, segment_pos_BT, window: int | None):
+  """`splash_attend` as the model calls it: Mosaic when compiling for TPU
+  (also ahead of time from a CPU host), interpreted elsewhere; under a mesh
+  with the logical-axis rules active, one kernel per shard of rows and query
+  heads (specs from the logical names, so no mesh axis is named here)."""
+  attend = functools.partial(splash_attend, window=window,
+                             interpret=target_platform() != "tpu")
+  mesh = jax.sharding.get_abstract_mesh()
+  rules = flax.core.spmd.get_logical_axis_rules()
+  if mesh.empty or not rules or mesh.manual_axes:
+    return attend(q_BTNH, k_BTH, v_BTH, segment_pos_BT)
+  spec = lambda *names: nn.logical_to_mesh_axes(names, rules)  # noqa: E731
+  q_spec, kv_spec = spec("batch", None, "heads", None), spec("batch", None, None)
+  # check_vma=False: the Pallas interpreter loses the varying axes of its
+  # scratch. The K/V head enters every heads shard whole; its cotangent is
+  # summed over them (the transpose of the replication), as the chain rule asks.
+  return jax.shard_map(attend, mesh=mesh,
+                       in_specs=(q_spec, kv_spec, kv_spec, spec("batch", None)),
+                       out_specs=q_spec, check_vma=False)(
+                           q_BTNH, k_BTH, v_BTH, segment_pos_BT)

@@ -2,6 +2,7 @@
 configs compiled for fake TPU topologies, a step that does not fit, bad input."""
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -62,8 +63,12 @@ def test_unknown_accelerator_type_names_it_and_the_valid_ones():
 
 
 def _tiny(batch=16, **mesh):
-  cd = config_lib.defaults()  # the tiny Griffin
-  cd.data.seq_len = 64
+  """The tiny Griffin with heads of 128 lanes and rows of one 128-token
+  block, shapes the splash kernel takes (two query heads)."""
+  cd = config_lib.defaults()
+  cd.model.width = 256
+  cd.model.head_dim = 128
+  cd.data.seq_len = 128
   cd.data.global_batch_size = batch
   for name, value in mesh.items():
     cd.mesh[name] = value
@@ -91,19 +96,22 @@ def _check_fits(report, config):
     ("v5p-8", dict(ici_data=2, ici_fsdp=2, ici_tensor=1)),  # 128 channels a shard
 ], ids=["v5e-8", "v5p-8"])
 def tiny_report(request):
-  """The tiny Griffin with the default scan_impl (auto, which must pick the
-  Pallas kernel when compiling for TPU): (config, report, StableHLO)."""
+  """The tiny Griffin with the default scan_impl and attention_impl (auto,
+  which must pick the Pallas kernels when compiling for TPU): (config,
+  report, StableHLO)."""
   name, mesh = request.param
   config = _tiny(**mesh)
-  assert config.model.scan_impl.value == "auto"
+  assert config.model.scan_impl.value == config.model.attention_impl.value == "auto"
   stablehlo = compile_check.lower_train_step(config, name).lowered.as_text()
   return config, compile_check.compile_report(config, name), stablehlo
 
 
-def test_tiny_config_compiles_for_tpu_with_the_pallas_kernel(tiny_report):
+def test_tiny_config_compiles_for_tpu_with_the_pallas_kernels(tiny_report):
   config, report, stablehlo = tiny_report
   _check_fits(report, config)
-  assert "tpu_custom_call" in stablehlo  # the Mosaic kernel, not the interpreter
+  assert "tpu_custom_call" in stablehlo  # the Mosaic kernels, not the interpreter
+  # Splash attention inside the sharded train step: forward, dq and dkv.
+  assert sorted(set(re.findall(r"splash_mqa_(fwd|dq|dkv)", stablehlo))) == ["dkv", "dq", "fwd"]
   assert report["mesh"] == {"data": 2, "fsdp": 2, "sequence": 1,
                             "tensor": config.mesh.ici_tensor}
   if report["accelerator_type"] == "v5e-8":

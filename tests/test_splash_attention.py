@@ -1,7 +1,11 @@
 """Splash attention (model/splash_attention.py) in interpret mode against the
 XLA attention of model/attention.py: values and gradients, local windows
 shorter and longer than the kernel's block, global attention, and packed
-documents (resets, and a row that starts inside a document)."""
+documents (resets, and a row that starts inside a document); then in the
+model, on one device and sharded, and how `attention_impl` picks it. (The
+train step with the Mosaic kernels compiled for TPU: tests/test_aot.py.)"""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +14,17 @@ import pytest
 from flax import nnx
 
 from model.attention import AttentionBlock
-from model.splash_attention import block_sizes, document_ids, splash_attend
-from sharding import topologies
+from model.config import AttentionImpl, BlockType, ModelConfig, ScanImpl
+from model.griffin import Griffin
+from model.splash_attention import block_sizes, document_ids, splash_attend, unsupported
+from sharding import rules, topologies
+from sharding.config import MeshConfig
+from sharding.mesh import make_mesh
+from trainer.config import OptimizerConfig
+from trainer.loss import next_token_loss
+from trainer.optimizer import make_optimizer
+from trainer.state import plan_state
+from tests.test_pallas_scan import _tpu_mesh
 
 B, T, N, H = 2, 256, 2, 128
 BLOCK = 128  # two blocks per row, so windows cross block boundaries
@@ -82,3 +95,77 @@ def test_forward_and_backward_compile_to_mosaic_kernels_for_tpu():
   with jax.default_matmul_precision("default"):
     lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args)
   assert topologies.compile_only(lowered).as_text().count("tpu_custom_call") == 3
+
+
+# A Griffin whose attention the kernel can take: heads of 128 lanes, rows of
+# one 128-token block; two query heads, so a tensor axis of 2 splits them.
+MODEL = ModelConfig(vocab_size=64, width=256, depth=2, lru_width=128, head_dim=128,
+                    gate_blocks=4, block_pattern=(BlockType.RECURRENT, BlockType.ATTENTION),
+                    attention_window=48, scan_impl=ScanImpl.LINEAR,
+                    attention_impl=AttentionImpl.XLA)
+MODEL_B, MODEL_T = 4, 128
+
+
+def model_loss_and_grads(config, mesh_shape):
+  """Loss and gradients of one batch, on a data x fsdp x tensor mesh of the
+  CPU devices with the rules table's shardings."""
+  data, fsdp, tensor = mesh_shape
+  mesh = make_mesh(MeshConfig(ici_data=data, ici_fsdp=fsdp, ici_tensor=tensor),
+                   jax.devices()[:data * fsdp * tensor])
+  setup = plan_state(config, make_optimizer(OptimizerConfig(warmup_steps=1), 10), mesh)
+  params = jax.device_put(nnx.state(Griffin(config, nnx.Rngs(0))), setup.shardings.params)
+  tokens_BT = jax.random.randint(jax.random.key(3), (MODEL_B, MODEL_T), 0, config.vocab_size)
+  pos_BT = np.tile(np.r_[np.arange(70), np.arange(58)], (MODEL_B, 1))
+  row = rules.batch_sharding(mesh)
+
+  def loss_fn(params, tokens_BT, segment_pos_BT):
+    logits_BTV, _ = nnx.merge(setup.graphdef, params)(tokens_BT, segment_pos_BT)
+    return next_token_loss(logits_BTV, tokens_BT, segment_pos_BT)
+
+  with jax.set_mesh(mesh), rules.activation_rules():
+    return jax.jit(jax.value_and_grad(loss_fn))(
+        params, jax.device_put(tokens_BT, row), jax.device_put(jnp.asarray(pos_BT), row))
+
+
+@pytest.fixture(scope="module")
+def xla_model():
+  return model_loss_and_grads(MODEL, (1, 1, 1))
+
+
+# 2 x 1 x 2: rows over data, query heads over tensor, the K/V head on both.
+@pytest.mark.parametrize("mesh_shape", [(1, 1, 1), (2, 1, 2)], ids=["one_device", "2x1x2"])
+def test_griffin_with_splash_equals_xla(xla_model, mesh_shape):
+  loss, grads = model_loss_and_grads(
+      dataclasses.replace(MODEL, attention_impl=AttentionImpl.SPLASH), mesh_shape)
+  expected_loss, expected_grads = xla_model
+  np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
+  jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, atol=2e-6, rtol=1e-4),
+               grads, expected_grads)
+
+
+def _uses_kernel(impl, T, mesh=None):
+  block = AttentionBlock(256, 128, window=48, rope_max_wavelength=10_000.0,
+                         out_init_scale=1.0, dtype=jnp.float32, rngs=nnx.Rngs(0), impl=impl)
+  x = jnp.zeros((8, T, 256))
+  pos = jnp.broadcast_to(jnp.arange(T), (8, T))
+  if mesh is None:
+    return "pallas_call" in str(jax.make_jaxpr(lambda x: block(x, pos)[0])(x))
+  with jax.set_mesh(mesh), rules.activation_rules():
+    return "pallas_call" in str(jax.make_jaxpr(lambda x: block(x, pos)[0])(x))
+
+
+def test_auto_picks_splash_for_tpu_only_where_it_fits():
+  tpu = _tpu_mesh("v5e-8", (2, 2, 1, 2))
+  assert _uses_kernel(AttentionImpl.AUTO, 256, tpu)
+  assert not _uses_kernel(AttentionImpl.AUTO, 256)  # CPU: the XLA einsums
+  assert not _uses_kernel(AttentionImpl.AUTO, 200, tpu)  # no whole blocks: XLA
+  assert not _uses_kernel(AttentionImpl.XLA, 256, tpu)
+  assert _uses_kernel(AttentionImpl.SPLASH, 256)  # interpreted
+  assert unsupported(2048, 128) is None and unsupported(384, 128) is None
+  assert "head_dim=64" in unsupported(2048, 64)
+
+
+def test_splash_refuses_shapes_it_cannot_take():
+  with pytest.raises(ValueError, match=r"attention_impl=splash: sequence length T=200 does "
+                                       r"not fill whole kernel blocks.*attention_impl=auto"):
+    _uses_kernel(AttentionImpl.SPLASH, 200)

@@ -13,7 +13,7 @@ import math
 from ml_collections import config_dict
 
 from common.checks import check_ints
-from model.config import AInit, BlockType, ModelConfig, Remat, ScanImpl
+from model.config import AInit, AttentionImpl, BlockType, ModelConfig, Remat, ScanImpl
 from pipeline.config import DataConfig
 from sharding.config import MeshConfig
 
@@ -151,7 +151,8 @@ _SECTIONS = {"model": ModelConfig, "mesh": MeshConfig, "data": DataConfig,
              "optimizer": OptimizerConfig, "checkpoint": CheckpointConfig,
              "run": RunConfig}
 _LETTERS = {"R": BlockType.RECURRENT, "A": BlockType.ATTENTION}
-_ENUMS = {"a_init": AInit, "scan_impl": ScanImpl, "remat": Remat}
+_ENUMS = {"a_init": AInit, "scan_impl": ScanImpl, "attention_impl": AttentionImpl,
+          "remat": Remat}
 
 
 def build(cd: config_dict.ConfigDict) -> Config:
