@@ -161,10 +161,10 @@ def _collective_bytes(kind: str, opcode: str, type_text: str, group_size: int) -
   return total * group_size if kind == "reduce-scatter" else total
 
 
-def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
-  """Every collective transfer of the module, once per executing computation."""
-  computations, entry = split_computations(hlo_text)
-  # Walk the call graph from ENTRY: executing context and run count of each.
+def _execution_contexts(computations: dict[str, list[str]],
+                        entry: str) -> dict[str, tuple[str, int, bool]]:
+  """{computation: (executing computation, runs per step, inside a while
+  body)}, walking the call graph from ENTRY."""
   context = {entry: (entry, 1, False)}
   stack = [entry]
   while stack:
@@ -193,6 +193,13 @@ def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
         else:  # fusions and async wrappers run where they are called
           context[callee] = (executing, runs, in_loop)
         stack.append(callee)
+  return context
+
+
+def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
+  """Every collective transfer of the module, once per executing computation."""
+  computations, entry = split_computations(hlo_text)
+  context = _execution_contexts(computations, entry)
   found: dict[tuple[str, str], Collective] = {}
   for name, (executing, runs, in_loop) in context.items():
     for line in computations[name]:
@@ -225,3 +232,34 @@ def while_loops(hlo_text: str) -> list[tuple[str, int]]:
         loops.append((body, trip_count(computations[condition], line)))
   return loops
 
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelCall:
+  """One Mosaic (Pallas TPU) kernel call, as one device of the program runs it."""
+
+  name: str  # the kernel's name without XLA's suffix, e.g. splash_mqa_fwd_segmented_residuals
+  operands: tuple[tuple[str, tuple[int, ...]], ...]  # (dtype, dims) of each operand
+  runs: int  # times it runs per step (product of the loop trip counts around it)
+  in_loop: bool  # inside a while body (a scanned layer group)
+
+
+def kernel_calls(hlo_text: str) -> list[KernelCall]:
+  """Every `tpu_custom_call` of the module. XLA's cost_analysis counts such a
+  call's operands and outputs but none of its FLOPs unless the kernel gave a
+  cost estimate; the roofline prices the ones that give none
+  (`aot/kernel_cost.py`)."""
+  computations, entry = split_computations(hlo_text)
+  calls = []
+  for name, (_, runs, in_loop) in _execution_contexts(computations, entry).items():
+    for line in computations[name]:
+      instruction = _INSTRUCTION.match(line)
+      if not instruction or 'custom_call_target="tpu_custom_call"' not in line:
+        continue
+      constraints = re.search(r"operand_layout_constraints=\{(.*?)\}, [a-z_]+=", line)
+      operands = tuple((dtype, tuple(_ints(dims))) for dtype, dims in
+                       _ARRAY.findall(constraints.group(1) if constraints else "")
+                       if dtype in _ITEM_BYTES)
+      calls.append(KernelCall(re.sub(r"\.\d+$", "", instruction.group(1).lstrip("%")),
+                              operands, runs, in_loop))
+  return calls

@@ -38,7 +38,8 @@ stacked weights and carries, which is why the scanned one is measured), and
 `check_full` compares its prediction with a full-depth compile.
 
 The collectives need no fit: `aot/hlo.py` reads them off the compiled HLO
-with the loops' trip counts, so each variant gives its per-step traffic, split
+with the loops' trip counts (and so the Mosaic kernels XLA gives no cost,
+whose FLOPs and bytes are added to cost_analysis's), so each variant gives its per-step traffic, split
 into outside the loops and inside; a step of N periods is on the straight line
 through the two k = 1 variants (n = 2, 3), exact if XLA treats every group
 alike.
@@ -57,8 +58,10 @@ from aot import step_time, variants
 VARIANTS = ((1, 2), (1, 3), (2, 2))
 # cost_analysis's figures (per chip, loop bodies counted once), fitted.
 COUNTED = ("flops", "bytes", "xla_seconds")
-# The collectives' figures (per chip and step), extrapolated in n.
-PER_STEP = tuple(f"{figure}_{where}" for figure in ("ici_bytes", "comm_seconds")
+# The collectives' and unpriced kernels' figures (per chip and step),
+# extrapolated in n.
+PER_STEP = tuple(f"{figure}_{where}" for figure in ("ici_bytes", "comm_seconds",
+                                                    "kernel_flops", "kernel_bytes")
                  for where in ("outside", "loop"))
 
 
@@ -107,6 +110,10 @@ def estimate(config, accelerator_type: str, num_slices: int = 1,
     parts["xla_seconds"] = (math.nan, math.nan)
   for figure in ("ici_bytes", "comm_seconds"):
     parts[figure] = (per_step[f"{figure}_outside"], per_step[f"{figure}_loop"])
+  # The splash kernels' work, which XLA does not count (`aot/kernel_cost.py`).
+  for figure in ("flops", "bytes"):
+    parts[figure] = tuple(counted + per_step[f"kernel_{figure}_{where}"]
+                          for counted, where in zip(parts[figure], ("outside", "loop")))
   times = step_time.roofline(parts, tpu)
   chips = tpu.chips * num_slices
   B, T = config.data.global_batch_size, config.data.seq_len

@@ -10,7 +10,9 @@ same reason (COMPILER_OPTIONS).
 
 The collectives are read off the compiled HLO by `aot/hlo.py` with the loops'
 trip counts, so each variant gives its per-step traffic, split into outside
-the loops and inside, and its time (`aot/step_time.py`).
+the loops and inside, and its time (`aot/step_time.py`). So are the Mosaic
+kernels that give XLA no cost estimate (splash attention), priced by
+`aot/kernel_cost.py`: their FLOPs and streamed bytes per step, split alike.
 """
 
 import dataclasses
@@ -19,7 +21,7 @@ import json
 import math
 import time
 
-from aot import hlo, step_time
+from aot import hlo, kernel_cost, step_time
 from sharding import topologies
 
 # The TPU compiler decomposes large FSDP matmuls into "windowed einsum" loops
@@ -42,11 +44,12 @@ def variant(config, copies: int, groups: int):
 
 
 def measure(hlo_text: str, cost: dict, devices: list, tpu: topologies.TpuType,
-            groups: int) -> dict:
+            groups: int, attention_window: int | None = None) -> dict:
   """The figures of one compiled step, per chip: cost_analysis's (loop bodies
-  counted once), and the collectives' per step (trip counts applied), split
-  into outside the loops and inside them. `hlo_text` is `compiled.as_text()`,
-  `cost` its `cost_analysis()`, `devices` the mesh's, flattened."""
+  counted once), and the collectives' and unpriced kernels' per step (trip
+  counts applied), split into outside the loops and inside them. `hlo_text`
+  is `compiled.as_text()`, `cost` its `cost_analysis()`, `devices` the mesh's,
+  flattened; `attention_window` the model's (its splash kernels' mask)."""
   loops = hlo.while_loops(hlo_text)
   if len(loops) != 2 or any(trips != groups for _, trips in loops):
     raise ValueError(
@@ -57,12 +60,18 @@ def measure(hlo_text: str, cost: dict, devices: list, tpu: topologies.TpuType,
   figures = dict(flops=cost["flops"], bytes=cost["bytes accessed"],
                  xla_seconds=cost.get("optimal_seconds", math.nan))
   for where in ("outside", "loop"):
-    figures[f"ici_bytes_{where}"] = figures[f"comm_seconds_{where}"] = 0.0
+    for figure in ("ici_bytes", "comm_seconds", "kernel_flops", "kernel_bytes"):
+      figures[f"{figure}_{where}"] = 0.0
   for c in hlo.collectives(hlo_text, len(devices)):
     where = "loop" if c.in_loop else "outside"
     figures[f"ici_bytes_{where}"] += c.traffic_bytes * c.runs
     figures[f"comm_seconds_{where}"] += (
         step_time.group_seconds(c, devices, tpu.generation) * c.runs)
+  for call in hlo.kernel_calls(hlo_text):
+    where = "loop" if call.in_loop else "outside"
+    flops, streamed = kernel_cost.kernel_cost(call, attention_window)
+    figures[f"kernel_flops_{where}"] += flops * call.runs
+    figures[f"kernel_bytes_{where}"] += streamed * call.runs
   return figures
 
 
@@ -82,7 +91,8 @@ def compile_variant(config, accelerator_type: str, num_slices: int, copies: int,
       f.write(text)
     with open(f"{keep}.cost.json", "w") as f:
       json.dump({"cost": cost, "compile_s": seconds}, f)
-  figures = measure(text, cost, list(step.program.mesh.devices.flat), step.tpu, groups)
+  figures = measure(text, cost, list(step.program.mesh.devices.flat), step.tpu, groups,
+                    config.model.attention_window)
   figures["compile_s"] = seconds
   return figures
 
@@ -98,6 +108,7 @@ def measure_saved(keep: str, config, accelerator_type: str, num_slices: int,
     text = f.read()
   with open(f"{keep}.cost.json") as f:
     saved = json.load(f)
-  figures = measure(text, saved["cost"], list(mesh.devices.flat), tpu, groups)
+  figures = measure(text, saved["cost"], list(mesh.devices.flat), tpu, groups,
+                    config.model.attention_window)
   figures["compile_s"] = saved["compile_s"]
   return figures

@@ -88,6 +88,21 @@ def make_kernel(T: int, num_heads: int, window: int | None, interpret: bool, blo
   return jax.tree.map(np.asarray, kernel)
 
 
+def visited_blocks(T: int, window: int | None, block: int = BLOCK) -> int:
+  """(query block, key block) pairs the kernel computes for a row of T
+  tokens: those holding any key the causal (local) mask lets a query see.
+  Document boundaries are data, so their blocks are computed too."""
+  b = min(block, T)
+  q_first = np.arange(0, T, b)[:, None]  # first query of each query block
+  k_first = np.arange(0, T, b)[None, :]
+  # Some key of block k is visible to some query of block q: a key at most
+  # the last query, and (local) at least the first query minus the window.
+  visible = k_first <= q_first + b - 1
+  if window is not None:
+    visible &= k_first + b - 1 >= q_first - window
+  return int(visible.sum())
+
+
 def document_ids(segment_pos_BT: jax.Array) -> jax.Array:
   """Token -> index of its document in the row: a new one where segment_pos
   is 0, so tokens of different packed documents never share an id."""

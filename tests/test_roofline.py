@@ -5,9 +5,11 @@ collectives and loops, and bad input. No timing asserted."""
 
 import dataclasses
 
+import numpy as np
 import pytest
 
-from aot import hlo, roofline_fit, step_time, variants
+from aot import hlo, kernel_cost, roofline_fit, step_time, variants
+from model import splash_attention
 from sharding import topologies
 from trainer import config as config_lib
 
@@ -105,6 +107,7 @@ HloModule m
   %x = f32[2]{0} slice(%p)
   %start = f32[8]{0} fusion(%x), kind=kCustom, calls=%fused
   %again = f32[8]{0} fusion(%x), kind=kOutput, calls=%fused.1
+  %splash_mqa_dq_segmented_no_residuals.3 = (f32[2,512,128]{2,1,0:T(8,128)}, bf16[2,8,2048,128]{3,2,1,0:T(8,128)(2,1)}) custom-call(%x), custom_call_target="tpu_custom_call", operand_layout_constraints={s8[1,4,3]{2,1,0}, bf16[2,8,2048,128]{3,2,1,0}, bf16[2,2048,128]{2,1,0}}, frontend_attributes={kernel_metadata={}}
   ROOT %t = (s32[], f32[8]{0}) tuple(%p)
 }
 
@@ -130,6 +133,28 @@ def test_collectives_are_counted_once_per_run_of_their_loop():
       ("all-gather", 32, (0, 1, 2, 3), 5, True),
       ("all-reduce", 32, (0, 1), 1, False)]
   assert hlo.while_loops(MODULE) == [("%body", 5)]
+
+
+def test_mosaic_kernels_are_found_with_their_runs_and_priced():
+  [call] = hlo.kernel_calls(MODULE)
+  assert call == hlo.KernelCall(
+      "splash_mqa_dq_segmented_no_residuals",
+      (("s8", (1, 4, 3)), ("bf16", (2, 8, 2048, 128)), ("bf16", (2, 2048, 128))), 5, True)
+  # 2 rows x 8 heads x 9 block pairs (window 1024, blocks of 512), 3 matmuls
+  # each; streamed: a key and a value block per pair.
+  flops, streamed = kernel_cost.kernel_cost(call, attention_window=1024)
+  assert flops == 16 * 9 * 3 * 2 * 512 * 512 * 128
+  assert streamed == 16 * 9 * 2 * 512 * 128 * 2
+
+
+@pytest.mark.parametrize("T, window, block", [(2048, 1024, 512), (2048, None, 512),
+                                              (256, 32, 128), (640, 150, 128), (128, 48, 512)])
+def test_visited_blocks_are_those_the_dense_mask_touches(T, window, block):
+  t, s = np.arange(T)[:, None], np.arange(T)[None, :]
+  mask = (t >= s) & ((t - s <= window) if window is not None else True)
+  b = min(block, T)
+  touched = mask.reshape(T // b, b, T // b, b).any(axis=(1, 3)).sum()
+  assert splash_attention.visited_blocks(T, window, block) == touched
 
 
 def test_a_loop_that_is_not_counter_below_constant_is_an_error():
@@ -224,17 +249,20 @@ def test_estimate_turns_figures_into_step_time_and_mfu():
   tpu = topologies.get("v5e-1")
   peak, hbm = tpu.generation.peak_bf16_flops, tpu.generation.hbm_bandwidth
   E, o, B = 1.0, 0.5, 2.0  # seconds of compute; bytes worth half as long
+  K = 0.25  # seconds of a kernel XLA does not price, per group and step
 
   def fake_measure(config, accelerator_type, num_slices, copies, groups):
     counted = E + copies * groups * o + copies * B
+    figures = {figure: 0.0 for figure in roofline_fit.PER_STEP}
+    figures["kernel_flops_loop"] = groups * K * peak  # trip counts applied
     return dict(flops=counted * peak, bytes=counted * hbm / 2, xla_seconds=counted,
-                ici_bytes_outside=0.0, comm_seconds_outside=0.0, ici_bytes_loop=0.0,
-                comm_seconds_loop=0.0)
+                **figures)
 
   row = roofline_fit.estimate(config, "v5e-1", measure_fn=fake_measure)
-  step = E + 4 * (o + B)  # 4 pattern periods, compute-bound, nothing to send
+  counted = E + 4 * (o + B)  # 4 pattern periods, compute-bound, nothing to send
+  step = counted + 4 * K
   assert row["periods"] == 4
   assert row["overlapped_s"] == pytest.approx(step) and row["serial_s"] == pytest.approx(step)
-  assert row["memory_s"] == pytest.approx(step / 2) and row["xla_s"] == pytest.approx(step)
+  assert row["memory_s"] == pytest.approx(counted / 2) and row["xla_s"] == pytest.approx(counted)
   assert row["hardware_flops"] == pytest.approx(step * peak)
   assert row["mfu"] == pytest.approx(row["model_flops"] / (peak * step))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from aot import hlo, kernel_cost
 from model.attention import AttentionBlock
 from model.config import AttentionImpl, BlockType, ModelConfig, ScanImpl
 from model.griffin import Griffin
@@ -94,7 +95,13 @@ def test_forward_and_backward_compile_to_mosaic_kernels_for_tpu():
   # on bf16 operands, and conftest sets "highest" for the CPU numbers.
   with jax.default_matmul_precision("default"):
     lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args)
-  assert topologies.compile_only(lowered).as_text().count("tpu_custom_call") == 3
+  text = topologies.compile_only(lowered).as_text()
+  assert text.count("tpu_custom_call") == 3
+  # What the roofline reads off it (aot/kernel_cost.py): one 512-token block
+  # pair per head; 2 + 3 + 4 matmuls of 2 x 512 x 512 x H FLOPs.
+  calls = hlo.kernel_calls(text)
+  assert sorted(call.name.split("_")[2] for call in calls) == ["dkv", "dq", "fwd"]
+  assert sum(kernel_cost.kernel_cost(call, 128)[0] for call in calls) == N * 9 * 2 * 512**2 * H
 
 
 # A Griffin whose attention the kernel can take: heads of 128 lanes, rows of
