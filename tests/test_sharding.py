@@ -1,8 +1,11 @@
 """Sharding on 8 fake CPU devices: every mesh gives the single-device numbers,
-every parameter lands where the table says, and the recurrent block
-communicates exactly like the MLP block (paper §4.1)."""
+every parameter lands where the table says, and the paper's tensor-parallel
+layout holds (§4.1): the recurrent block communicates exactly like the MLP
+block, attention like it plus its K/V head's gradients (XLA and splash
+paths), and a whole train step compiled for TPU only all-reduces."""
 
 import collections
+import math
 import re
 
 import jax
@@ -11,12 +14,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from model.config import ModelConfig
+from aot import hlo
+from model.config import AttentionImpl, ModelConfig
 from model.griffin import Griffin
+from model.attention import AttentionBlock
 from model.layers import MLPBlock
 from model.recurrent import RecurrentBlock
 from model.config import AInit, ScanImpl
-from sharding import rules
+from sharding import rules, topologies
 from sharding.config import MeshConfig
 from sharding.mesh import make_mesh
 from trainer.config import OptimizerConfig
@@ -131,9 +136,11 @@ def _collectives(block_fn, params, x_BTD, mesh):
   # "%x = <shape or (tuple of shapes)> all-reduce(...". XLA's combiner merges
   # independent reductions (here forward and backward) into one tuple op, so
   # count the reduced arrays: (kind, shape) for each operand.
+  # Groups of one device (a psum over an axis of size 1) move nothing.
   pattern = r"= (\([^)]*\)|\S+) (" + "|".join(COLLECTIVES) + r")(?:-start)?\("
   return collections.Counter(
-      (kind, shape) for shapes, kind in re.findall(pattern, text)
+      (kind, shape) for line in text.splitlines()
+      for shapes, kind in re.findall(pattern, line) if len(hlo.first_group(line, 8)) > 1
       for shape in re.findall(r"\w+\[[\d,]*\]", shapes))
 
 
@@ -166,6 +173,79 @@ def test_recurrent_block_communicates_like_the_mlp_block():
   activation = f"f32[{B},{T},{CONFIG.width}]"
   assert counts["mlp"] == {("all-reduce", activation): 2}, counts  # forward + backward
   assert counts["recurrent"] == counts["mlp"], counts
+
+
+@pytest.mark.parametrize("impl, width, head_dim, T_, window, kv_elements", [
+    # The XLA path in blocks of C = 8 queries against 2C keys: the K/V head's
+    # gradients are reduced in that form, (B T/C, 2C, H), twice (B, T, H).
+    (AttentionImpl.XLA, 128, 16, T, 8, B * T * 2 * 16),
+    (AttentionImpl.XLA, 128, 16, T, 16, B * T * 16),  # the T x T mask
+    # Splash (interpreted): heads of 128 lanes, rows of one 128-token block.
+    (AttentionImpl.SPLASH, 1024, 128, 128, 48, B * 128 * 128),
+], ids=["xla_blocked", "xla", "splash"])
+def test_attention_block_communicates_like_the_mlp_block(impl, width, head_dim, T_, window,
+                                                         kv_elements):
+  """Tensor-parallel over 8 devices, one query head a device: the MLP block's
+  collectives (one all-reduce forward, one backward) and the reductions of
+  the replicated K/V head's two gradients (each shard's query heads add to
+  them), 1/N of an activation each (in whatever layout XLA picks); nothing
+  gathered."""
+  mesh = mesh_of(1, 1, 8)
+  rngs = nnx.Rngs(0)
+  mlp = MLPBlock(width, 3 * width, gelu_tanh=True, out_init_scale=1.0, dtype=jnp.float32,
+                 rngs=rngs)
+  attention = AttentionBlock(width, head_dim, window=window, rope_max_wavelength=10_000.0,
+                             out_init_scale=1.0, dtype=jnp.float32, rngs=rngs, impl=impl)
+  x_BTD = jax.device_put(jax.random.normal(jax.random.key(1), (B, T_, width)),
+                         rules.batch_sharding(mesh))
+  segment_pos_BT = jnp.broadcast_to(jnp.arange(T_), (B, T_))
+  counts = {}
+  for name, block in (("mlp", mlp), ("attention", attention)):
+    graphdef, params = nnx.split(block)
+    params = jax.device_put(params, rules.named(mesh, rules.param_specs(params)))
+    if name == "mlp":
+      fn = lambda p, x: nnx.merge(graphdef, p)(x)  # noqa: E731
+    else:
+      fn = lambda p, x: nnx.merge(graphdef, p)(x, segment_pos_BT)[0]  # noqa: E731
+    counts[name] = _collectives(fn, params, x_BTD, mesh)
+  assert counts["mlp"] == {("all-reduce", f"f32[{B},{T_},{width}]"): 2}, counts
+  extra = counts["attention"] - counts["mlp"]
+  assert counts["attention"] - extra == counts["mlp"], counts
+  elements = [math.prod(map(int, shape[4:-1].split(","))) for kind, shape in
+              extra.elements() if kind == "all-reduce" and shape.startswith("f32")]
+  assert sorted(elements) == [kv_elements] * 2 and len(elements) == extra.total(), counts
+
+
+def test_train_step_layer_groups_communicate_as_the_paper_layout():
+  """The whole train step compiled for a 4-chip v5e, tensor-parallel (no data
+  or fsdp axis), with what runs on TPU: the Pallas RG-LRU and splash kernels.
+  Every collective is an all-reduce (no gather anywhere, so none inside the
+  RG-LRU or attention), and each scanned (R, R, A) group moves per run:
+    forward: one activation per block, 3 temporal + 3 MLP;
+    backward: the remat recompute's 5 (the group's last MLP output is not
+      needed), the input gradient of each of the 6 blocks, and the K/V
+      head's two gradients."""
+  config = ModelConfig(vocab_size=256, width=512, depth=6, lru_width=512, head_dim=128,
+                       gate_blocks=4, attention_window=64, compute_dtype="bfloat16")
+  rows, T_ = 4, 256
+  devices = topologies.get("v5e-4").get_topology_desc().devices
+  mesh = mesh_of(1, 1, 4, devices)
+  setup = plan_state(config, OPTIMIZER, mesh)
+  state = jax.eval_shape(lambda: init_state(config, OPTIMIZER, setup, seed=0))
+  # The trainer's precision (Mosaic takes bf16 operands only at "default").
+  with jax.default_matmul_precision("default"):
+    lowered = TrainStep(setup, OPTIMIZER, mesh).lower(state, (rows, T_))
+  text = topologies.compile_only(lowered).as_text()
+  assert any(call.name.startswith("splash_mqa_fwd") for call in hlo.kernel_calls(text))
+  moved = [c for c in hlo.collectives(text, 4) if len(c.group) > 1]
+  assert {c.kind for c in moved} == {"all-reduce"}, moved
+  per_loop = collections.Counter()
+  for c in moved:
+    if c.in_loop:
+      assert c.runs == config.num_groups
+      per_loop[c.computation] += c.full_bytes
+  activation, kv = rows * T_ * config.width * 2, rows * T_ * config.head_dim * 2  # bf16
+  assert sorted(per_loop.values()) == [6 * activation, 11 * activation + 2 * kv], per_loop
 
 
 def test_bad_meshes_and_shapes_are_named_before_compile():
