@@ -144,6 +144,24 @@ def _collectives(block_fn, params, x_BTD, mesh):
       for shape in re.findall(r"\w+\[[\d,]*\]", shapes))
 
 
+def _block_collectives(blocks: dict, x_BTD, mesh) -> dict:
+  """`_collectives` of each block ("mlp" takes x alone; temporal blocks take
+  segment positions of one document a row too), its parameters sharded as
+  the table says."""
+  B_, T_ = x_BTD.shape[:2]
+  segment_pos_BT = jnp.broadcast_to(jnp.arange(T_), (B_, T_))
+  counts = {}
+  for name, block in blocks.items():
+    graphdef, params = nnx.split(block)
+    params = jax.device_put(params, rules.named(mesh, rules.param_specs(params)))
+    if name == "mlp":
+      fn = lambda p, x: nnx.merge(graphdef, p)(x)  # noqa: E731
+    else:
+      fn = lambda p, x: nnx.merge(graphdef, p)(x, segment_pos_BT)[0]  # noqa: E731
+    counts[name] = _collectives(fn, params, x_BTD, mesh)
+  return counts
+
+
 def test_recurrent_block_communicates_like_the_mlp_block():
   """Tensor-parallel over 8 devices: both blocks issue the same collectives
   (one all-reduce forward, one backward), and the RG-LRU's activations are
@@ -160,16 +178,7 @@ def test_recurrent_block_communicates_like_the_mlp_block():
           out_init_scale=1.0, dtype=dtype, rngs=rngs)}
   x_BTD = jax.device_put(jax.random.normal(jax.random.key(1), (B, T, CONFIG.width)),
                          rules.batch_sharding(mesh))
-  segment_pos_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
-  counts = {}
-  for name, block in blocks.items():
-    graphdef, params = nnx.split(block)
-    params = jax.device_put(params, rules.named(mesh, rules.param_specs(params)))
-    if name == "mlp":
-      fn = lambda p, x: nnx.merge(graphdef, p)(x)  # noqa: E731
-    else:
-      fn = lambda p, x: nnx.merge(graphdef, p)(x, segment_pos_BT)[0]  # noqa: E731
-    counts[name] = _collectives(fn, params, x_BTD, mesh)
+  counts = _block_collectives(blocks, x_BTD, mesh)
   activation = f"f32[{B},{T},{CONFIG.width}]"
   assert counts["mlp"] == {("all-reduce", activation): 2}, counts  # forward + backward
   assert counts["recurrent"] == counts["mlp"], counts
@@ -198,16 +207,7 @@ def test_attention_block_communicates_like_the_mlp_block(impl, width, head_dim, 
                              out_init_scale=1.0, dtype=jnp.float32, rngs=rngs, impl=impl)
   x_BTD = jax.device_put(jax.random.normal(jax.random.key(1), (B, T_, width)),
                          rules.batch_sharding(mesh))
-  segment_pos_BT = jnp.broadcast_to(jnp.arange(T_), (B, T_))
-  counts = {}
-  for name, block in (("mlp", mlp), ("attention", attention)):
-    graphdef, params = nnx.split(block)
-    params = jax.device_put(params, rules.named(mesh, rules.param_specs(params)))
-    if name == "mlp":
-      fn = lambda p, x: nnx.merge(graphdef, p)(x)  # noqa: E731
-    else:
-      fn = lambda p, x: nnx.merge(graphdef, p)(x, segment_pos_BT)[0]  # noqa: E731
-    counts[name] = _collectives(fn, params, x_BTD, mesh)
+  counts = _block_collectives({"mlp": mlp, "attention": attention}, x_BTD, mesh)
   assert counts["mlp"] == {("all-reduce", f"f32[{B},{T_},{width}]"): 2}, counts
   extra = counts["attention"] - counts["mlp"]
   assert counts["attention"] - extra == counts["mlp"], counts
