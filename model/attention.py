@@ -10,7 +10,7 @@ from flax import nnx
 
 from model import sequence, splash_attention
 from model.config import AttentionImpl
-from model.layers import constrain, fan_in_normal, lead, param
+from model.layers import constrain, fan_in_normal, gathered, lead, param
 from model.scan import target_platform
 
 _MASKED = -2.3819763e38  # recurrentgemma's fill value for masked logits.
@@ -79,9 +79,9 @@ class AttentionBlock(nnx.Module):
     continue from; without a cache, it is built only when `cache_length` (the
     slot count for global attention) is given, and None otherwise."""
     x_BTD = x_BTD.astype(self.dtype)
-    q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.q[...].astype(self.dtype))
-    k_BTH = jnp.einsum("BTD,DH->BTH", x_BTD, self.k[...].astype(self.dtype))
-    v_BTH = jnp.einsum("BTD,DH->BTH", x_BTD, self.v[...].astype(self.dtype))
+    q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, gathered(self.q, self.dtype))
+    k_BTH = jnp.einsum("BTD,DH->BTH", x_BTD, gathered(self.k, self.dtype))
+    v_BTH = jnp.einsum("BTD,DH->BTH", x_BTD, gathered(self.v, self.dtype))
     q_BTNH = constrain(apply_rope(q_BTNH, segment_pos_BT, self.rope_max_wavelength),
                        ("batch", "length", "heads", None))
     # The one K/V head is computed on every tensor shard (replicated).
@@ -104,7 +104,7 @@ class AttentionBlock(nnx.Module):
                    self._cache_from_sequence(k_BTH, v_BTH, segment_pos_BT, cache_length))
     else:
       enc_BTNH, new_cache = self._decode(q_BTNH, k_BTH, v_BTH, segment_pos_BT, cache)
-    out_BTD = jnp.einsum("BTNH,NHD->BTD", enc_BTNH, self.out[...].astype(self.dtype))
+    out_BTD = jnp.einsum("BTNH,NHD->BTD", enc_BTNH, gathered(self.out, self.dtype))
     return out_BTD + lead(self.out_bias[...].astype(self.dtype), 3), new_cache
 
   def _use_splash(self, T: int) -> bool:

@@ -35,6 +35,34 @@ def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
       x, PartitionSpec(*(None if a is None else table[a] for a in axes)))
 
 
+def _mesh_axes(value) -> tuple[str, ...]:
+  """A rules-table value (None, an axis, or a tuple of axes) as a tuple."""
+  return () if value is None else (value,) if isinstance(value, str) else tuple(value)
+
+
+def gathered(weight: nnx.Param, dtype=None) -> jax.Array:
+  """A weight as a layer computes with it: cast to `dtype` (if given), then
+  whole along the mesh axes that also split the batch (ZeRO-3: stored split
+  over them, all-gathered per layer for use, the gradient reduce-scattered
+  back); its tensor-parallel axes stay split. Pinned, because without it XLA
+  may instead keep the weight split and all-reduce partial activations (the
+  14B did). Cast first, so a bf16 model gathers bf16. Without a mesh and
+  rules, just the cast."""
+  value = weight[...] if dtype is None else weight[...].astype(dtype)
+  rules = flax.core.spmd.get_logical_axis_rules()
+  if not rules or jax.sharding.get_abstract_mesh().empty:
+    return value
+  table = dict(rules)
+  batch_axes = set(_mesh_axes(table["batch"]))
+  # A scanned layer sees one slice of its group's stack, whose names lead
+  # with "layers".
+  spec = []
+  for name in weight.get_metadata()["out_sharding"][-value.ndim:]:
+    axes = [a for a in _mesh_axes(table[name] if name else None) if a not in batch_axes]
+    spec.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+  return jax.lax.with_sharding_constraint(value, PartitionSpec(*spec))
+
+
 def fan_in_normal(key, shape, fan_in: int, scale: float = 1.0) -> jax.Array:
   """Variance-scaling normal init, std = sqrt(scale / fan_in) (LeCun at scale 1)."""
   return jax.random.normal(key, shape, jnp.float32) * jnp.sqrt(scale / fan_in)
@@ -55,7 +83,7 @@ class Linear(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x):
-    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    y = jnp.dot(x.astype(self.dtype), gathered(self.kernel, self.dtype))
     if self.bias is not None:
       y = y + lead(self.bias[...].astype(self.dtype), y.ndim)
     return y
@@ -157,7 +185,7 @@ class MLPBlock(nnx.Module):
 
   def __call__(self, x_BTD):
     up_BT2F = jnp.einsum("BTD,DCF->BTCF", x_BTD.astype(self.dtype),
-                         self.up[...].astype(self.dtype))
+                         gathered(self.up, self.dtype))
     up_BT2F = up_BT2F + lead(self.up_bias[...].astype(self.dtype), 4)
     h_BTF = jax.nn.gelu(up_BT2F[:, :, 0], approximate=self.gelu_tanh) * up_BT2F[:, :, 1]
     h_BTF = constrain(h_BTF, ("batch", "length", "mlp"))

@@ -8,7 +8,7 @@ from flax import nnx
 
 from model import sequence
 from model.config import AInit, ScanImpl
-from model.layers import Linear, constrain, fan_in_normal, lead, param
+from model.layers import Linear, constrain, fan_in_normal, gathered, lead, param
 from model.scan import get_scan, sequence_parallel_scan
 
 
@@ -63,7 +63,7 @@ class BlockDiagonalLinear(nnx.Module):
   def __call__(self, x_BTE):
     G, I, _ = self.w.shape
     x_BTGI = x_BTE.reshape(*x_BTE.shape[:-1], G, I)
-    y_BTGI = jnp.einsum("BTGI,GIJ->BTGJ", x_BTGI, self.w[...]) + lead(self.b[...], 4)
+    y_BTGI = jnp.einsum("BTGI,GIJ->BTGJ", x_BTGI, gathered(self.w)) + lead(self.b[...], 4)
     return y_BTGI.reshape(x_BTE.shape)
 
 
@@ -186,7 +186,7 @@ class RecurrentBlock(nnx.Module):
     # Channels stay split over the tensor axis from linear_x/y to linear_out.
     lru_axes = ("batch", "length", "lru")
     in_BT2E = jnp.einsum("BTD,DCE->BTCE", x_BTD.astype(self.dtype),
-                         self.in_proj[...].astype(self.dtype))
+                         gathered(self.in_proj, self.dtype))
     in_BT2E = in_BT2E + lead(self.in_bias[...].astype(self.dtype), 4)
     x_BTE = constrain(in_BT2E[:, :, 0], lru_axes)
     y_BTE = constrain(jax.nn.gelu(in_BT2E[:, :, 1], approximate=self.gelu_tanh), lru_axes)
