@@ -26,6 +26,7 @@ import json
 import math
 import os
 import sys
+from typing import NamedTuple
 
 from absl import flags
 
@@ -38,28 +39,53 @@ _CHECK_FULL = flags.DEFINE_list("check_full", [], "Rows to compile at full depth
 
 TARGET_MFU = 0.60  # the performance issue's target for griffin_7b on v5p
 AUTO = {"model.scan_impl": "auto"}
-# (name, config file, accelerator type, overrides). The meshes are the config
-# files' (fsdp fixed, data = the rest), as `python -m aot.compile_check` compiles them.
+class Row(NamedTuple):
+  """One table row: configs/<config>.py with `overrides` (dotted keys) on
+  `num_slices` x `accelerator_type`."""
+  name: str
+  config: str
+  accelerator_type: str
+  overrides: dict
+  num_slices: int = 1
+
+
+# The meshes are the config files' (fsdp fixed, data = the rest), as
+# `python -m aot.compile_check` compiles them, unless a row's overrides say.
 ROWS = (
-    ("griffin_1b@v5e-16", "griffin_1b", "v5e-16", {}),
+    Row("griffin_1b@v5e-16", "griffin_1b", "v5e-16", {}),
     # v5p-16 is 8 chips: the config's fsdp 16 becomes 8 (8 rows per chip).
-    ("griffin_1b@v5p-16", "griffin_1b", "v5p-16", {"mesh.ici_fsdp": 8}),
-    ("griffin_7b@v5p-64", "griffin_7b", "v5p-64", {}),
-    ("griffin_7b@v5e-256", "griffin_7b", "v5e-256", {}),
-    ("griffin_14b@v5p-128", "griffin_14b", "v5p-128", {}),
+    Row("griffin_1b@v5p-16", "griffin_1b", "v5p-16", {"mesh.ici_fsdp": 8}),
+    Row("griffin_7b@v5p-64", "griffin_7b", "v5p-64", {}),
+    Row("griffin_7b@v5e-256", "griffin_7b", "v5e-256", {}),
+    Row("griffin_14b@v5p-128", "griffin_14b", "v5p-128", {}),
     # The 7B and 14B configs keep the matmul outputs (remat save_matmuls);
     # these rows show what recomputing them, a quarter of full remat's FLOPs,
     # costs.
-    ("griffin_7b@v5p-64+remat_full", "griffin_7b", "v5p-64", {"model.remat": "full"}),
-    ("griffin_7b@v5e-256+remat_full", "griffin_7b", "v5e-256", {"model.remat": "full"}),
-    ("griffin_14b@v5p-128+remat_full", "griffin_14b", "v5p-128", {"model.remat": "full"}),
+    Row("griffin_7b@v5p-64+remat_full", "griffin_7b", "v5p-64", {"model.remat": "full"}),
+    Row("griffin_7b@v5e-256+remat_full", "griffin_7b", "v5e-256", {"model.remat": "full"}),
+    Row("griffin_14b@v5p-128+remat_full", "griffin_14b", "v5p-128", {"model.remat": "full"}),
     # Splash attention is the default on TPU (attention_impl=auto); these
     # rows are the XLA attention it replaced, on the same tree.
-    ("griffin_7b@v5p-64+xla_attention", "griffin_7b", "v5p-64", {"model.attention_impl": "xla"}),
-    ("griffin_7b@v5e-256+xla_attention", "griffin_7b", "v5e-256",
-     {"model.attention_impl": "xla"}),
-    ("griffin_14b@v5p-128+xla_attention", "griffin_14b", "v5p-128",
-     {"model.attention_impl": "xla"}),
+    Row("griffin_7b@v5p-64+xla_attention", "griffin_7b", "v5p-64",
+        {"model.attention_impl": "xla"}),
+    Row("griffin_7b@v5e-256+xla_attention", "griffin_7b", "v5e-256",
+        {"model.attention_impl": "xla"}),
+    Row("griffin_14b@v5p-128+xla_attention", "griffin_14b", "v5p-128",
+        {"model.attention_impl": "xla"}),
+    # The paper's tensor-parallel layout (sharding/rules.py): tensor t takes
+    # t of the config's fsdp chips (fsdp / t x t), data as before.
+    *(Row(f"griffin_{size}@{tpu}+tensor{t}", f"griffin_{size}", tpu,
+          {"mesh.ici_fsdp": fsdp // t, "mesh.ici_tensor": t})
+      for size, tpu, fsdp in (("7b", "v5p-64", 32), ("7b", "v5e-256", 32),
+                              ("14b", "v5p-128", 64))
+      for t in (2, 4, 8)),
+    # Two slices, data parallel over DCN; each slice keeps its batch.
+    Row("griffin_7b@2xv5p-64", "griffin_7b", "v5p-64",
+        {"mesh.dcn_data": -1, "data.global_batch_size": 512}, num_slices=2),
+    Row("griffin_7b@2xv5e-256", "griffin_7b", "v5e-256",
+        {"mesh.dcn_data": -1, "data.global_batch_size": 512}, num_slices=2),
+    Row("griffin_14b@2xv5p-128", "griffin_14b", "v5p-128",
+        {"mesh.dcn_data": -1, "data.global_batch_size": 512}, num_slices=2),
 )
 
 
@@ -140,7 +166,7 @@ def table(rows: list[tuple[str, dict]]) -> str:
       mesh += f" (sequence {r['mesh']['sequence']})"
     lines.append(
         f"| {name.split('@')[0]}{name[name.index('+'):] if '+' in name else ''} | "
-        f"{r['accelerator_type']} | {mesh} | {r['global_batch']} x {r['seq_len']} | "
+        f"{'2 x ' if r['num_slices'] == 2 else ''}{r['accelerator_type']} | {mesh} | {r['global_batch']} x {r['seq_len']} | "
         f"{r['remat']} | {r['model_flops'] / 1e12:,.0f} | {r['hardware_flops'] / 1e12:,.0f} | "
         f"{r['hbm_bytes_per_chip'] / 1e9:,.0f} | {r['ici_bytes_per_chip'] / 1e9:.1f} | "
         f"{r['compute_s']:.3f} | {r['memory_s']:.3f} | {r['comm_s']:.3f} | "
@@ -153,7 +179,7 @@ def table(rows: list[tuple[str, dict]]) -> str:
 
 
 def main():
-  known = {name: row for name, *row in ROWS}
+  known = {row.name: row for row in ROWS}
   names = list(known) if _ROWS.value == ["all"] else _ROWS.value
   for name in names + _CHECK_FULL.value:
     if name not in known:
@@ -161,22 +187,23 @@ def main():
   cache = Cache(_CACHE.value)
   results = []
   for name in names:
-    config_name, accelerator_type, overrides = known[name]
-    config = build_config(config_name, overrides)
-    results.append((name, roofline_fit.estimate(config, accelerator_type,
-                                            measure_fn=cache.measure_fn(name))))
+    row = known[name]
+    results.append((name, roofline_fit.estimate(
+        build_config(row.config, row.overrides), row.accelerator_type, row.num_slices,
+        measure_fn=cache.measure_fn(name))))
   print(table(results))
   for name, r in results:
     if name == "griffin_7b@v5p-64":
       print(f"\n{name}: {_verdict(r)}")
   for name in _CHECK_FULL.value:
-    config_name, accelerator_type, overrides = known[name]
-    config = build_config(config_name, overrides)
-    row = dict(results)[name] if name in dict(results) else roofline_fit.estimate(
-        config, accelerator_type, measure_fn=cache.measure_fn(name))
-    full = cache.measure_fn(name)(config, accelerator_type, 1, 1, config.model.num_groups)
+    row = known[name]
+    config = build_config(row.config, row.overrides)
+    estimate = dict(results)[name] if name in dict(results) else roofline_fit.estimate(
+        config, row.accelerator_type, row.num_slices, measure_fn=cache.measure_fn(name))
+    full = cache.measure_fn(name)(config, row.accelerator_type, row.num_slices, 1,
+                                  config.model.num_groups)
     print(f"\n{name} at full depth: " + roofline_fit.format_check(
-        roofline_fit.check_full(row, full)))
+        roofline_fit.check_full(estimate, full)))
 
 
 if __name__ == "__main__":
