@@ -135,7 +135,9 @@ def format_report(r: dict) -> str:
       "memory per device (XLA memory_analysis):"]
   lines += [f"  {f:<15} {gib(r[f + '_bytes'])}" for f in _MEMORY_FIELDS]
   lines += [
-      f"  {'peak':<15} {gib(r['peak_bytes'])} (XLA's peak_memory_in_bytes)",
+      f"  {'peak':<15} {gib(r['peak_bytes'])} (XLA's peak_memory_in_bytes"
+      + ("" if r["peak_bytes"] is None
+         else f"; {100 * r['peak_bytes'] / r['hbm_bytes']:.0f}% of usable HBM") + ")",
       f"  {'total':<15} {gib(r['total_bytes'])} (argument + output + temp + code, "
       "donated buffers once)",
       f"  HBM per chip    {gib(r['hbm_bytes'])} usable ({gib(r['hbm_nominal_bytes'])} "
