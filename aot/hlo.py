@@ -196,12 +196,54 @@ def _execution_contexts(computations: dict[str, list[str]],
   return context
 
 
+def _first_operand(instruction: re.Match) -> str | None:
+  operand = re.match(r"\s*(%[\w.\-]+)", instruction.group(4))
+  return operand.group(1) if operand else None
+
+
+def _is_gather_by_sum(instruction: re.Match, computations: dict[str, list[str]],
+                      defined: dict[str, re.Match]) -> bool:
+  """An all-reduce of a zero buffer with this device's shard written in (a
+  dynamic-update-slice into a broadcast, plain or as the root of a fusion):
+  the TPU compiler's spelling of an all-gather over some groups (libtpu
+  0.42 does it for every gather over a whole v5p 4x4x4 torus). Each device
+  contributes only its shard: the data of a gather."""
+  def is_zeros(name):
+    source = defined.get(name)
+    return source is not None and source.group(3) in ("broadcast", "constant")
+
+  source = defined.get(_first_operand(instruction) or "")
+  if source is None:
+    return False
+  if source.group(3) == "dynamic-update-slice":
+    return is_zeros(_first_operand(source))
+  called = re.search(r"calls=(%[\w.\-]+)", source.group(0))
+  if source.group(3) != "fusion" or not called or called.group(1) not in computations:
+    return False
+  fused = [m for m in map(_INSTRUCTION.match, computations[called.group(1)]) if m]
+  root = next((m for m in fused if m.group(0).lstrip().startswith("ROOT ")), None)
+  if root is None or root.group(3) != "dynamic-update-slice":
+    return False
+  base = {m.group(1): m for m in fused}.get(_first_operand(root))
+  if base is None:
+    return False
+  if base.group(3) in ("broadcast", "constant"):
+    return True
+  index = re.search(r"parameter\((\d+)\)", base.group(0))
+  operands = re.findall(r"(%[\w.\-]+)", source.group(4).split(")")[0])
+  return (base.group(3) == "parameter" and index is not None
+          and int(index.group(1)) < len(operands) and is_zeros(operands[int(index.group(1))]))
+
+
 def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
-  """Every collective transfer of the module, once per executing computation."""
+  """Every collective transfer of the module, once per executing computation.
+  An all-reduce that only assembles shards (`_is_gather_by_sum`) is counted
+  as the all-gather it is."""
   computations, entry = split_computations(hlo_text)
   context = _execution_contexts(computations, entry)
   found: dict[tuple[str, str], Collective] = {}
   for name, (executing, runs, in_loop) in context.items():
+    defined = {m.group(1): m for m in map(_INSTRUCTION.match, computations[name]) if m}
     for line in computations[name]:
       instruction = _INSTRUCTION.match(line)
       if not instruction:
@@ -210,6 +252,8 @@ def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
       kind = opcode.removesuffix("-start")
       if kind not in KINDS or opcode.endswith("-done"):
         continue
+      if kind == "all-reduce" and _is_gather_by_sum(instruction, computations, defined):
+        kind = "all-gather"
       group = first_group(line, num_devices)
       size = _collective_bytes(kind, opcode, instruction.group(2), len(group))
       channel = re.search(r"channel_id=(\d+)", line)

@@ -81,6 +81,10 @@ ROWS = (
       for size, tpu, fsdp in (("7b", "v5p-64", 32), ("7b", "v5e-256", 32),
                               ("14b", "v5p-128", 64))
       for t in (2, 4, 8)),
+    # Two rows a chip on v5e-256, where one leaves the step bound by the
+    # weights' HBM traffic and gathers.
+    Row("griffin_7b@v5e-256+batch512", "griffin_7b", "v5e-256",
+        {"data.global_batch_size": 512}),
     # Two slices, data parallel over DCN; each slice keeps its batch.
     Row("griffin_7b@2xv5p-64", "griffin_7b", "v5p-64",
         {"mesh.dcn_data": -1, "data.global_batch_size": 512}, num_slices=2),

@@ -135,6 +135,47 @@ def test_collectives_are_counted_once_per_run_of_their_loop():
   assert hlo.while_loops(MODULE) == [("%body", 5)]
 
 
+GATHER_BY_SUM = """\
+HloModule g
+
+%add (x: bf16[], y: bf16[]) -> bf16[] {
+  %x = bf16[] parameter(0)
+  %y = bf16[] parameter(1)
+  ROOT %s = bf16[] add(%x, %y)
+}
+
+%dus_fusion (p0: bf16[64,16], p1: bf16[8,16], p2: u32[]) -> bf16[64,16] {
+  %p0 = bf16[64,16]{1,0} parameter(0)
+  %p1 = bf16[8,16]{1,0} parameter(1)
+  %p2 = u32[] parameter(2)
+  %z = u32[] constant(0)
+  ROOT %d = bf16[64,16]{1,0} dynamic-update-slice(%p0, %p1, %p2, %z)
+}
+
+ENTRY %main (w: bf16[8,16], g: bf16[64,16]) -> bf16[64,16] {
+  %w = bf16[8,16]{1,0} parameter(0)
+  %g = bf16[64,16]{1,0} parameter(1)
+  %i = u32[] constant(8)
+  %zero = bf16[] constant(0)
+  %zeros = bf16[64,16]{1,0} broadcast(%zero), dimensions={}
+  %placed = bf16[64,16]{1,0} dynamic-update-slice(%zeros, %w, %i, %i)
+  %gathered = bf16[64,16]{1,0} all-reduce(%placed), channel_id=1, replica_groups=[1,8]<=[8], to_apply=%add
+  %fused = bf16[64,16]{1,0} fusion(%zeros, %w, %i), kind=kLoop, calls=%dus_fusion
+  %gathered2 = bf16[64,16]{1,0} all-reduce(%fused), channel_id=2, replica_groups=[1,8]<=[8], to_apply=%add
+  %summed = bf16[64,16]{1,0} all-reduce(%g), channel_id=3, replica_groups=[1,8]<=[8], to_apply=%add
+  ROOT %r = bf16[64,16]{1,0} add(%gathered, %summed)
+}
+"""
+
+
+def test_an_all_reduce_that_assembles_shards_is_counted_as_a_gather():
+  """libtpu spells a gather over a whole v5p torus as the sum of zero buffers
+  each holding one device's shard, plainly or inside a fusion; a gradient's
+  all-reduce stays one."""
+  found = sorted((c.kind, c.full_bytes) for c in hlo.collectives(GATHER_BY_SUM, 8))
+  assert found == [("all-gather", 2048), ("all-gather", 2048), ("all-reduce", 2048)]
+
+
 def test_mosaic_kernels_are_found_with_their_runs_and_priced():
   [call] = hlo.kernel_calls(MODULE)
   assert call == hlo.KernelCall(
