@@ -18,7 +18,9 @@ from aot import hlo
 from model.config import AttentionImpl, ModelConfig
 from model.griffin import Griffin
 from model.attention import AttentionBlock
-from model.layers import MLPBlock
+from jax.sharding import PartitionSpec as P
+from model import layers
+from model.layers import MLPBlock, gathered
 from model.recurrent import RecurrentBlock
 from model.config import AInit, ScanImpl
 from sharding import rules, topologies
@@ -246,6 +248,24 @@ def test_train_step_layer_groups_communicate_as_the_paper_layout():
       per_loop[c.computation] += c.full_bytes
   activation, kv = rows * T_ * config.width * 2, rows * T_ * config.head_dim * 2  # bf16
   assert sorted(per_loop.values()) == [6 * activation, 11 * activation + 2 * kv], per_loop
+
+
+def test_layers_use_weights_gathered_over_the_batch_axes_only():
+  """ZeRO-3 (model.layers.gathered): a weight stored split over fsdp (with
+  the batch) and tensor is used whole over fsdp and still split over
+  tensor, in the compute dtype; a scanned layer's slice of a stacked weight
+  ("layers" first) the same."""
+  mesh = mesh_of(2, 2, 2)
+  up = layers.param(jnp.zeros((128, 2, 64)), ("embed", None, "mlp"))
+  stacked = nnx.Param(jnp.zeros((128, 64)), out_sharding=("layers", "embed", "mlp"),
+                       eager_sharding=False)
+  with jax.set_mesh(mesh), rules.activation_rules():
+    for weight, spec in ((up, P(None, None, "tensor")), (stacked, P(None, "tensor"))):
+      jaxpr = jax.make_jaxpr(lambda: gathered(weight, jnp.bfloat16))()
+      [constraint] = [e for e in jaxpr.eqns if e.primitive.name == "sharding_constraint"]
+      assert constraint.params["sharding"].spec == spec
+      assert constraint.invars[0].aval.dtype == jnp.bfloat16  # cast, then gathered
+  assert gathered(up, jnp.bfloat16).dtype == jnp.bfloat16  # no mesh: the cast alone
 
 
 def test_bad_meshes_and_shapes_are_named_before_compile():
