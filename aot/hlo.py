@@ -235,10 +235,45 @@ def _is_gather_by_sum(instruction: re.Match, computations: dict[str, list[str]],
           and int(index.group(1)) < len(operands) and is_zeros(operands[int(index.group(1))]))
 
 
+def _is_scatter_by_sum(instruction: re.Match, computations: dict[str, list[str]],
+                       users: list[re.Match], group_size: int) -> bool:
+  """An all-reduce of which each device keeps only its 1/n slice (every user
+  dynamic-slices it, plainly or inside a fusion): how libtpu 0.42 compiles a
+  reduce-scatter, even an explicit `psum_scatter`; the data of a reduce-scatter."""
+  whole = math.prod(int(d) for d in _ARRAY.findall(instruction.group(2))[0][1].split(",") if d) \
+      if _ARRAY.findall(instruction.group(2)) else 0
+
+  def slices_a_share(line):  # a dynamic-slice of 1/n of the array
+    sizes = re.search(r"dynamic_slice_sizes=\{([\d,]*)\}", line)
+    return bool(sizes) and math.prod(_ints(sizes.group(1))) * group_size == whole
+
+  if not users or not whole:
+    return False
+  for user in users:
+    if user.group(3) == "dynamic-slice":
+      if _first_operand(user) != instruction.group(1) or not slices_a_share(user.group(0)):
+        return False
+      continue
+    called = re.search(r"calls=(%[\w.\-]+)", user.group(0))
+    if user.group(3) != "fusion" or not called or called.group(1) not in computations:
+      return False
+    operands = re.findall(r"(%[\w.\-]+)", user.group(4).split(")")[0])
+    fused = [m for m in map(_INSTRUCTION.match, computations[called.group(1)]) if m]
+    for index in (i for i, name in enumerate(operands) if name == instruction.group(1)):
+      param = next((m.group(1) for m in fused if re.search(rf"parameter\({index}\)", m.group(0))),
+                   None)
+      uses = [m for m in fused if param and re.search(re.escape(param) + r"[,)]", m.group(4))]
+      if not uses or any(m.group(3) != "dynamic-slice" or not slices_a_share(m.group(0))
+                         for m in uses):
+        return False
+  return True
+
+
 def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
   """Every collective transfer of the module, once per executing computation.
-  An all-reduce that only assembles shards (`_is_gather_by_sum`) is counted
-  as the all-gather it is."""
+  An all-reduce that only assembles shards (`_is_gather_by_sum`) or of which
+  each device keeps its share (`_is_scatter_by_sum`) is counted as the
+  all-gather or reduce-scatter it is."""
   computations, entry = split_computations(hlo_text)
   context = _execution_contexts(computations, entry)
   found: dict[tuple[str, str], Collective] = {}
@@ -252,10 +287,17 @@ def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
       kind = opcode.removesuffix("-start")
       if kind not in KINDS or opcode.endswith("-done"):
         continue
-      if kind == "all-reduce" and _is_gather_by_sum(instruction, computations, defined):
-        kind = "all-gather"
       group = first_group(line, num_devices)
       size = _collective_bytes(kind, opcode, instruction.group(2), len(group))
+      # The full array either way: its traffic is a gather's or a scatter's.
+      if kind == "all-reduce" and _is_gather_by_sum(instruction, computations, defined):
+        kind = "all-gather"
+      elif kind == "all-reduce" and opcode == "all-reduce":
+        me = instruction.group(1)
+        users = [m for m in defined.values()
+                 if m.group(1) != me and re.search(re.escape(me) + r"[,)]", m.group(4))]
+        if _is_scatter_by_sum(instruction, computations, users, len(group)):
+          kind = "reduce-scatter"
       channel = re.search(r"channel_id=(\d+)", line)
       key = (executing, channel.group(1) if channel else instruction.group(1))
       if key not in found or found[key].full_bytes < size:

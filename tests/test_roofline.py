@@ -152,6 +152,13 @@ HloModule g
   ROOT %d = bf16[64,16]{1,0} dynamic-update-slice(%p0, %p1, %p2, %z)
 }
 
+%ds_fusion (q0: bf16[64,16], q1: u32[]) -> bf16[8,16] {
+  %q0 = bf16[64,16]{1,0} parameter(0)
+  %q1 = u32[] parameter(1)
+  %z2 = u32[] constant(0)
+  ROOT %s2 = bf16[8,16]{1,0} dynamic-slice(%q0, %q1, %z2), dynamic_slice_sizes={8,16}
+}
+
 ENTRY %main (w: bf16[8,16], g: bf16[64,16]) -> bf16[64,16] {
   %w = bf16[8,16]{1,0} parameter(0)
   %g = bf16[64,16]{1,0} parameter(1)
@@ -163,17 +170,21 @@ ENTRY %main (w: bf16[8,16], g: bf16[64,16]) -> bf16[64,16] {
   %fused = bf16[64,16]{1,0} fusion(%zeros, %w, %i), kind=kLoop, calls=%dus_fusion
   %gathered2 = bf16[64,16]{1,0} all-reduce(%fused), channel_id=2, replica_groups=[1,8]<=[8], to_apply=%add
   %summed = bf16[64,16]{1,0} all-reduce(%g), channel_id=3, replica_groups=[1,8]<=[8], to_apply=%add
+  %scattered = bf16[64,16]{1,0} all-reduce(%g), channel_id=4, replica_groups=[1,8]<=[8], to_apply=%add
+  %mine = bf16[8,16]{1,0} fusion(%scattered, %i), kind=kLoop, calls=%ds_fusion
   ROOT %r = bf16[64,16]{1,0} add(%gathered, %summed)
 }
 """
 
 
-def test_an_all_reduce_that_assembles_shards_is_counted_as_a_gather():
+def test_all_reduces_that_gather_or_scatter_are_counted_as_what_they_do():
   """libtpu spells a gather over a whole v5p torus as the sum of zero buffers
-  each holding one device's shard, plainly or inside a fusion; a gradient's
-  all-reduce stays one."""
+  each holding one device's shard (plainly or inside a fusion), and a
+  reduce-scatter as an all-reduce of which each device keeps its eighth; an
+  all-reduce whose whole result is used stays one."""
   found = sorted((c.kind, c.full_bytes) for c in hlo.collectives(GATHER_BY_SUM, 8))
-  assert found == [("all-gather", 2048), ("all-gather", 2048), ("all-reduce", 2048)]
+  assert found == [("all-gather", 2048), ("all-gather", 2048), ("all-reduce", 2048),
+                   ("reduce-scatter", 2048)]
 
 
 def test_mosaic_kernels_are_found_with_their_runs_and_priced():
