@@ -135,13 +135,13 @@ def format_report(r: dict) -> str:
       "memory per device (XLA memory_analysis):"]
   lines += [f"  {f:<15} {gib(r[f + '_bytes'])}" for f in _MEMORY_FIELDS]
   lines += [
-      f"  {'peak':<15} {gib(r['peak_bytes'])} (XLA's peak_memory_in_bytes"
-      + ("" if r["peak_bytes"] is None
-         else f"; {100 * r['peak_bytes'] / r['hbm_bytes']:.0f}% of usable HBM") + ")",
+      f"  {'peak':<15} {gib(r['peak_bytes'])} (XLA's peak_memory_in_bytes)",
       f"  {'total':<15} {gib(r['total_bytes'])} (argument + output + temp + code, "
       "donated buffers once)",
       f"  HBM per chip    {gib(r['hbm_bytes'])} usable ({gib(r['hbm_nominal_bytes'])} "
-      "nominal); fits when max(peak, total) <= usable",
+      "nominal); fits when max(peak, total) <= usable" + (
+          "" if r["peak_bytes"] is None else
+          f" ({100 * max(r['peak_bytes'], r['total_bytes']) / r['hbm_bytes']:.0f}% here)"),
       f"model FLOPs per step (analytic, model/flops.py): {r['train_flops'] / 1e12:.1f} T",
       f"  with remat recompute: {r['hardware_flops'] / 1e12:.1f} T",
       "  XLA cost_analysis per device (counts a scanned layer group once): " + (
