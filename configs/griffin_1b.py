@@ -9,12 +9,12 @@ The data section keeps its defaults: a real run sets `data.dataset` and a
 Compile-only check (no TPU needed; libtpu from the `test` or `tpu` extra):
   python -m aot.compile_check --config=configs/griffin_1b.py --topology=v5e-16
 
-Expected: fits (docs/performance.md dates the measurement) with the default
-scan_impl=auto, which compiles the Pallas RG-LRU kernel. Per chip: arguments
-0.93 GiB, temporaries 5.99 GiB, peak 5.67 GiB (total 7.0 GiB) of 15.75 GiB
-usable HBM; 1,048 TFLOPs per step (analytic), roofline step time 0.44 s at peak
-bf16 (MFU bound 76%: full remat recomputes the forward pass). Compiles in ~75 s
-on a quiet 2-core CPU.
+Expected: fits (docs/performance.md dates the measurement) with the defaults
+scan_impl=auto and attention_impl=auto, which compile the Pallas RG-LRU and
+splash-attention kernels. Per chip: arguments 0.93 GiB, temporaries 4.36 GiB,
+peak 4.58 GiB (total 5.4 GiB) of 15.75 GiB usable HBM; 1,048 TFLOPs per step
+(analytic), roofline step time 0.44 s at peak bf16 (MFU bound 76%: full remat
+recomputes the forward pass). Compiles in 1-4 minutes on a 2-core CPU.
 """
 
 from model import presets

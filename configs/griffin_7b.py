@@ -15,14 +15,18 @@ same file serves both pods, the data axis takes the rest of the chips:
   python -m aot.compile_check --config=configs/griffin_7b.py --topology=v5p-64
   python -m aot.compile_check --config=configs/griffin_7b.py --topology=v5e-256
 
-Expected: both fit (docs/performance.md dates the measurement) with the default
-scan_impl=auto, the Pallas RG-LRU kernel. v5p-64: arguments 2.44 GiB,
-temporaries 79.86 GiB, peak 60.47 GiB (total 82.4 GiB) of 95.74 GiB usable HBM.
-v5e-256 (data 8 x fsdp 32): arguments 2.44 GiB, temporaries 11.47 GiB, peak
-10.55 GiB (total 14.0 GiB) of 15.75 GiB usable HBM. 21,967 TFLOPs per step
-(analytic); hardware FLOPs with the recompute 22,034 T. Each compiles in ~1.7
-minutes on a quiet 2-core CPU. docs/performance.md has the roofline with HBM and
-ICI time and the same runs with remat full.
+Expected: both fit (docs/performance.md dates the measurement) with the defaults
+scan_impl=auto and attention_impl=auto, the Pallas RG-LRU and splash-attention
+kernels. v5p-64: arguments 2.44 GiB, temporaries 74.03 GiB, peak 57.83 GiB
+(total 76.6 GiB) of 95.74 GiB usable HBM. v5e-256 (data 8 x fsdp 32):
+arguments 2.44 GiB, temporaries 12.38 GiB, peak 10.96 GiB (total 14.95 GiB, the
+upper bound, 95% of the 15.75 GiB usable HBM). 21,967 TFLOPs per step
+(analytic). Each compiles in 2-5 minutes on a 2-core CPU.
+
+The mesh is the best of the layouts compiled (docs/performance.md, issue 21's
+section): pure ZeRO-3 meets the 65% estimate on v5p-64 (66.6% with nothing
+overlapped); on v5e-256 tensor 4 x fsdp 8 gives no gain (34.8% against
+35.1%), the step there being bound by HBM traffic.
 """
 
 from model import presets
