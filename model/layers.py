@@ -44,9 +44,9 @@ def gathered(weight: nnx.Param, dtype=None) -> jax.Array:
   """A weight as a layer computes with it: cast to `dtype` (if given), then
   whole along the mesh axes that also split the batch (ZeRO-3: stored split
   over them, all-gathered per layer for use, the gradient reduce-scattered
-  back); its tensor-parallel axes stay split. Pinned, because without it XLA
-  may instead keep the weight split and all-reduce partial activations (the
-  14B did). Cast first, so a bf16 model gathers bf16. Without a mesh and
+  back); its tensor-parallel axes stay split. The partitioner chooses this
+  plan for our configs anyway; pinned so that it does not depend on that
+  choice. Cast first, so a bf16 model gathers bf16. Without a mesh and
   rules, just the cast."""
   value = weight[...] if dtype is None else weight[...].astype(dtype)
   rules = flax.core.spmd.get_logical_axis_rules()
