@@ -62,13 +62,14 @@ def test_unknown_accelerator_type_names_it_and_the_valid_ones():
     topologies.get("v5p-100")
 
 
-def _tiny(batch=16, **mesh):
-  """The tiny Griffin with heads of 128 lanes and rows of one 128-token
-  block, shapes the splash kernel takes (two query heads)."""
+def _tiny(batch=16, splash=False, **mesh):
+  """The tiny Griffin; with `splash`, heads of 128 lanes and rows of one
+  128-token block, shapes the splash kernel takes (two query heads)."""
   cd = config_lib.defaults()
-  cd.model.width = 256
-  cd.model.head_dim = 128
-  cd.data.seq_len = 128
+  if splash:
+    cd.model.width = 256
+    cd.model.head_dim = 128
+  cd.data.seq_len = 128 if splash else 64
   cd.data.global_batch_size = batch
   for name, value in mesh.items():
     cd.mesh[name] = value
@@ -100,7 +101,7 @@ def tiny_report(request):
   which must pick the Pallas kernels when compiling for TPU): (config,
   report, StableHLO)."""
   name, mesh = request.param
-  config = _tiny(**mesh)
+  config = _tiny(splash=True, **mesh)
   assert config.model.scan_impl.value == config.model.attention_impl.value == "auto"
   stablehlo = compile_check.lower_train_step(config, name).lowered.as_text()
   return config, compile_check.compile_report(config, name), stablehlo

@@ -227,9 +227,9 @@ def test_train_step_layer_groups_communicate_as_the_paper_layout():
     backward: the remat recompute's 5 (the group's last MLP output is not
       needed), the input gradient of each of the 6 blocks, and the K/V
       head's two gradients."""
-  config = ModelConfig(vocab_size=256, width=512, depth=6, lru_width=512, head_dim=128,
+  config = ModelConfig(vocab_size=128, width=512, depth=6, lru_width=256, head_dim=128,
                        gate_blocks=4, attention_window=64, compute_dtype="bfloat16")
-  rows, T_ = 4, 256
+  rows, T_ = 4, 128
   devices = topologies.get("v5e-4").get_topology_desc().devices
   mesh = mesh_of(1, 1, 4, devices)
   setup = plan_state(config, OPTIMIZER, mesh)
