@@ -31,7 +31,7 @@ import re
 import numpy as np
 
 KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
-_ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
+ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
                "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
                "c128": 16, "s4": 0.5, "u4": 0.5}
 _HEADER = re.compile(r"^(ENTRY )?(%[\w.\-]+) .*\{\s*$")
@@ -70,9 +70,9 @@ def array_bytes(type_text: str) -> list[int]:
   """Bytes of every array in an HLO type (`f32[2,3]{1,0}` or a tuple of them)."""
   sizes = []
   for dtype, dims in _ARRAY.findall(type_text):
-    if dtype not in _ITEM_BYTES and not dtype.startswith("f8"):
+    if dtype not in ITEM_BYTES and not dtype.startswith("f8"):
       continue  # not a dtype (e.g. a layout's tile); none are printed like one
-    item = _ITEM_BYTES.get(dtype, 1)
+    item = ITEM_BYTES.get(dtype, 1)
     sizes.append(int(math.prod(int(d) for d in dims.split(",") if d) * item))
   return sizes
 
@@ -196,9 +196,24 @@ def _execution_contexts(computations: dict[str, list[str]],
   return context
 
 
-def _first_operand(instruction: re.Match) -> str | None:
-  operand = re.match(r"\s*(%[\w.\-]+)", instruction.group(4))
-  return operand.group(1) if operand else None
+def _operands(instruction: re.Match) -> list[str]:
+  """The names of an instruction's operands, in order."""
+  return re.findall(r"(%[\w.\-]+)", instruction.group(4).split(")")[0])
+
+
+def _fused(instruction: re.Match, computations: dict[str, list[str]]) -> list[re.Match] | None:
+  """The instructions of the computation a fusion calls; None for anything
+  but a fusion."""
+  called = re.search(r"calls=(%[\w.\-]+)", instruction.group(0))
+  if instruction.group(3) != "fusion" or not called or called.group(1) not in computations:
+    return None
+  return [m for m in map(_INSTRUCTION.match, computations[called.group(1)]) if m]
+
+
+def _parameter(fused: list[re.Match], index: int) -> str | None:
+  """The name of parameter `index` inside a fused computation."""
+  return next((m.group(1) for m in fused if m.group(3) == "parameter"
+               and re.search(rf"parameter\({index}\)", m.group(0))), None)
 
 
 def _is_gather_by_sum(instruction: re.Match, computations: dict[str, list[str]],
@@ -208,31 +223,25 @@ def _is_gather_by_sum(instruction: re.Match, computations: dict[str, list[str]],
   the TPU compiler's spelling of an all-gather over some groups (libtpu
   0.42 does it for every gather over a whole v5p 4x4x4 torus). Each device
   contributes only its shard: the data of a gather."""
-  def is_zeros(name):
-    source = defined.get(name)
+  def is_zeros(source: re.Match | None) -> bool:
     return source is not None and source.group(3) in ("broadcast", "constant")
 
-  source = defined.get(_first_operand(instruction) or "")
+  source = defined.get(next(iter(_operands(instruction)), ""))
   if source is None:
     return False
   if source.group(3) == "dynamic-update-slice":
-    return is_zeros(_first_operand(source))
-  called = re.search(r"calls=(%[\w.\-]+)", source.group(0))
-  if source.group(3) != "fusion" or not called or called.group(1) not in computations:
-    return False
-  fused = [m for m in map(_INSTRUCTION.match, computations[called.group(1)]) if m]
-  root = next((m for m in fused if m.group(0).lstrip().startswith("ROOT ")), None)
+    return is_zeros(defined.get(_operands(source)[0]))
+  fused = _fused(source, computations)
+  root = next((m for m in fused or () if m.group(0).lstrip().startswith("ROOT ")), None)
   if root is None or root.group(3) != "dynamic-update-slice":
     return False
-  base = {m.group(1): m for m in fused}.get(_first_operand(root))
-  if base is None:
-    return False
-  if base.group(3) in ("broadcast", "constant"):
+  base = {m.group(1): m for m in fused}.get(_operands(root)[0])
+  if is_zeros(base):
     return True
-  index = re.search(r"parameter\((\d+)\)", base.group(0))
-  operands = re.findall(r"(%[\w.\-]+)", source.group(4).split(")")[0])
-  return (base.group(3) == "parameter" and index is not None
-          and int(index.group(1)) < len(operands) and is_zeros(operands[int(index.group(1))]))
+  # The buffer comes in as a parameter of the fusion: zeros outside it.
+  operands = _operands(source)
+  return any(_parameter(fused, i) == base.group(1) and is_zeros(defined.get(name))
+             for i, name in enumerate(operands)) if base is not None else False
 
 
 def _is_scatter_by_sum(instruction: re.Match, computations: dict[str, list[str]],
@@ -240,29 +249,27 @@ def _is_scatter_by_sum(instruction: re.Match, computations: dict[str, list[str]]
   """An all-reduce of which each device keeps only its 1/n slice (every user
   dynamic-slices it, plainly or inside a fusion): how libtpu 0.42 compiles a
   reduce-scatter, even an explicit `psum_scatter`; the data of a reduce-scatter."""
-  whole = math.prod(int(d) for d in _ARRAY.findall(instruction.group(2))[0][1].split(",") if d) \
-      if _ARRAY.findall(instruction.group(2)) else 0
+  arrays = _ARRAY.findall(instruction.group(2))
+  whole = math.prod(_ints(arrays[0][1])) if len(arrays) == 1 else 0
 
   def slices_a_share(line):  # a dynamic-slice of 1/n of the array
     sizes = re.search(r"dynamic_slice_sizes=\{([\d,]*)\}", line)
     return bool(sizes) and math.prod(_ints(sizes.group(1))) * group_size == whole
 
+  me = instruction.group(1)
   if not users or not whole:
     return False
   for user in users:
     if user.group(3) == "dynamic-slice":
-      if _first_operand(user) != instruction.group(1) or not slices_a_share(user.group(0)):
+      if _operands(user)[0] != me or not slices_a_share(user.group(0)):
         return False
       continue
-    called = re.search(r"calls=(%[\w.\-]+)", user.group(0))
-    if user.group(3) != "fusion" or not called or called.group(1) not in computations:
+    fused = _fused(user, computations)
+    if fused is None:
       return False
-    operands = re.findall(r"(%[\w.\-]+)", user.group(4).split(")")[0])
-    fused = [m for m in map(_INSTRUCTION.match, computations[called.group(1)]) if m]
-    for index in (i for i, name in enumerate(operands) if name == instruction.group(1)):
-      param = next((m.group(1) for m in fused if re.search(rf"parameter\({index}\)", m.group(0))),
-                   None)
-      uses = [m for m in fused if param and re.search(re.escape(param) + r"[,)]", m.group(4))]
+    for index in (i for i, name in enumerate(_operands(user)) if name == me):
+      param = _parameter(fused, index)
+      uses = [m for m in fused if param and param in _operands(m)]
       if not uses or any(m.group(3) != "dynamic-slice" or not slices_a_share(m.group(0))
                          for m in uses):
         return False
@@ -294,8 +301,7 @@ def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
         kind = "all-gather"
       elif kind == "all-reduce" and opcode == "all-reduce":
         me = instruction.group(1)
-        users = [m for m in defined.values()
-                 if m.group(1) != me and re.search(re.escape(me) + r"[,)]", m.group(4))]
+        users = [m for m in defined.values() if m.group(1) != me and me in _operands(m)]
         if _is_scatter_by_sum(instruction, computations, users, len(group)):
           kind = "reduce-scatter"
       channel = re.search(r"channel_id=(\d+)", line)
@@ -317,7 +323,6 @@ def while_loops(hlo_text: str) -> list[tuple[str, int]]:
         condition = re.search(r"condition=(%[\w.\-]+)", line).group(1)
         loops.append((body, trip_count(computations[condition], line)))
   return loops
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,7 +350,7 @@ def kernel_calls(hlo_text: str) -> list[KernelCall]:
       constraints = re.search(r"operand_layout_constraints=\{(.*?)\}, [a-z_]+=", line)
       operands = tuple((dtype, tuple(_ints(dims))) for dtype, dims in
                        _ARRAY.findall(constraints.group(1) if constraints else "")
-                       if dtype in _ITEM_BYTES)
+                       if dtype in ITEM_BYTES)
       calls.append(KernelCall(re.sub(r"\.\d+$", "", instruction.group(1).lstrip("%")),
                               operands, runs, in_loop))
   return calls

@@ -18,11 +18,10 @@ kernel gives its own estimate and is not priced here.
 
 import math
 
-from aot.hlo import KernelCall
+from aot.hlo import ITEM_BYTES, KernelCall
 from model import splash_attention
 
 _SPLASH = {"splash_mqa_fwd": 2, "splash_mqa_dq": 3, "splash_mqa_dkv": 4}  # matmuls per pair
-_ITEM = {"bf16": 2, "f16": 2, "f32": 4}
 
 
 def _splash_kind(name: str) -> str | None:
@@ -37,10 +36,13 @@ def kernel_cost(call: KernelCall, attention_window: int | None) -> tuple[float, 
   if kind is None:
     return 0.0, 0.0
   # The queries: the first float operand of rank >= 3, (rows x heads..., T, H).
-  dtype, dims = next((d, s) for d, s in call.operands if d in _ITEM and len(s) >= 3)
+  dtype, dims = next((d, s) for d, s in call.operands
+                     if d.startswith(("f", "bf")) and len(s) >= 3)
   *rows_heads, T, H = dims
   block = min(splash_attention.BLOCK, T)
   pairs = math.prod(rows_heads) * splash_attention.visited_blocks(T, attention_window)
   flops = pairs * _SPLASH[kind] * 2 * block * block * H
-  streamed = 2 * block * H * _ITEM[dtype] + (2 * block * 4 if kind == "splash_mqa_dkv" else 0)
+  streamed = 2 * block * H * ITEM_BYTES[dtype]
+  if kind == "splash_mqa_dkv":  # and the f32 log-sum-exp and delta rows
+    streamed += 2 * block * 4
   return float(flops), float(pairs * streamed)

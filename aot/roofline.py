@@ -161,9 +161,10 @@ def table(rows: list[tuple[str, dict]]) -> str:
     mesh = " x ".join(str(r["mesh"][a]) for a in ("data", "fsdp", "tensor"))
     if r["mesh"]["sequence"] > 1:
       mesh += f" (sequence {r['mesh']['sequence']})"
+    tpu = (f"{r['num_slices']} x " if r["num_slices"] > 1 else "") + r["accelerator_type"]
     lines.append(
         f"| {name.split('@')[0]}{name[name.index('+'):] if '+' in name else ''} | "
-        f"{'2 x ' if r['num_slices'] == 2 else ''}{r['accelerator_type']} | {mesh} | {r['global_batch']} x {r['seq_len']} | "
+        f"{tpu} | {mesh} | {r['global_batch']} x {r['seq_len']} | "
         f"{r['remat']} | {r['model_flops'] / 1e12:,.0f} | {r['hardware_flops'] / 1e12:,.0f} | "
         f"{r['hbm_bytes_per_chip'] / 1e9:,.0f} | {r['ici_bytes_per_chip'] / 1e9:.1f} | "
         f"{r['compute_s']:.3f} | {r['memory_s']:.3f} | {r['comm_s']:.3f} | "

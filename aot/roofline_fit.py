@@ -39,8 +39,8 @@ stacked weights and carries, which is why the scanned one is measured), and
 
 The collectives need no fit: `aot/hlo.py` reads them off the compiled HLO
 with the loops' trip counts (and so the Mosaic kernels XLA gives no cost,
-whose FLOPs and bytes are added to cost_analysis's), so each variant gives its per-step traffic, split
-into outside the loops and inside; a step of N periods is on the straight line
+whose FLOPs and bytes are added to cost_analysis's), so each variant gives
+its per-step traffic, split into outside the loops and inside; a step of N periods is on the straight line
 through the two k = 1 variants (n = 2, 3), exact if XLA treats every group
 alike.
 

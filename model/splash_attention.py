@@ -30,12 +30,12 @@ import concurrent.futures
 import functools
 
 import flax.core.spmd
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
+from model import sequence
 from model.scan import target_platform
 
 BLOCK = 512  # query and key block length; smaller rows use one block of T
@@ -130,19 +130,17 @@ def sharded_splash_attend(q_BTNH, k_BTH, v_BTH, segment_pos_BT, window: int | No
   """`splash_attend` as the model calls it: Mosaic when compiling for TPU
   (also ahead of time from a CPU host), interpreted elsewhere; under a mesh
   with the logical-axis rules active, one kernel per shard of rows and query
-  heads (specs from the logical names, so no mesh axis is named here)."""
-  attend = functools.partial(splash_attend, window=window,
-                             interpret=target_platform() != "tpu")
+  heads (`sequence.shard_map`; time is not split on this path). The K/V head
+  enters every heads shard whole; its cotangent is summed over them."""
+  interpret = target_platform() != "tpu"
+
+  def attend(q_BTNH, k_BTH, v_BTH, segment_pos_BT):
+    return (splash_attend(q_BTNH, k_BTH, v_BTH, segment_pos_BT, window, interpret),)
+
   mesh = jax.sharding.get_abstract_mesh()
-  rules = flax.core.spmd.get_logical_axis_rules()
-  if mesh.empty or not rules or mesh.manual_axes:
-    return attend(q_BTNH, k_BTH, v_BTH, segment_pos_BT)
-  spec = lambda *names: nn.logical_to_mesh_axes(names, rules)  # noqa: E731
-  q_spec, kv_spec = spec("batch", None, "heads", None), spec("batch", None, None)
-  # check_vma=False: the Pallas interpreter loses the varying axes of its
-  # scratch. The K/V head enters every heads shard whole; its cotangent is
-  # summed over them (the transpose of the replication), as the chain rule asks.
-  return jax.shard_map(attend, mesh=mesh,
-                       in_specs=(q_spec, kv_spec, kv_spec, spec("batch", None)),
-                       out_specs=q_spec, check_vma=False)(
-                           q_BTNH, k_BTH, v_BTH, segment_pos_BT)
+  if mesh.empty or not flax.core.spmd.get_logical_axis_rules() or mesh.manual_axes:
+    return attend(q_BTNH, k_BTH, v_BTH, segment_pos_BT)[0]
+  q_names, kv_names = ("batch", "length", "heads", None), ("batch", "length", None)
+  return sequence.shard_map(
+      attend, in_names=(q_names, kv_names, kv_names, ("batch", "length")),
+      out_names=(q_names,))(q_BTNH, k_BTH, v_BTH, segment_pos_BT)[0]
