@@ -127,3 +127,19 @@ def test_bad_input_is_named(trained, args, message):
                 overrides={}, length_multiple=0)
   with pytest.raises(ValueError, match=message):
     evaluate(**{**kwargs, **args})
+
+
+# Orbax's read threads report the damage again where nothing can catch it.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_damaged_parameters_are_named_with_the_steps_that_would_work(trained, tmp_path):
+  import shutil
+
+  from tests.test_reliability import _truncate_array_files
+  workdir = tmp_path / "damaged"
+  shutil.copytree(trained, workdir)
+  _truncate_array_files(workdir / "checkpoints" / "4")
+  with pytest.raises(ValueError, match=r"checkpoints/4 cannot be read: .* It is damaged .*"
+                     r"give another step; the committed steps beside it: \[2, 4\]") as error:
+    evaluate(str(workdir), None, 1, make_eval_iterator, {}, length_multiple=0)
+  assert "tensorstore_spec" not in str(error.value) and len(str(error.value)) < 1000
+  evaluate(str(workdir), 2, 1, make_eval_iterator, {}, length_multiple=0)  # step 2 is intact

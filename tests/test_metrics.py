@@ -27,3 +27,21 @@ def test_throughput_leaves_out_the_time_evaluations_take(tmp_path, monkeypatch):
   assert records[2]["tokens_per_s_per_device"] == pytest.approx(800 / 3 / devices)
   assert records[2]["tflops_per_device"] == pytest.approx(8 / 3 / devices)
   assert records[4]["tokens_per_s_per_device"] == pytest.approx(800 / 7 / devices)
+
+
+def test_a_refused_metrics_write_never_ends_the_run(healthy_gcs, gcs_bucket):
+  """The bucket refuses the metrics file's writes for a while (the issue saw
+  a raw FileNotFoundError end a run): the run goes on, and the next write
+  after storage heals carries every record."""
+  workdir = f"{gcs_bucket}/metrics_outage"
+  writer = metrics.MetricsWriter(workdir, flops_per_step=1e9, tokens_per_step=8)
+  writer.write(1, {"loss": 3.0})
+  healthy_gcs.fail(403, "metrics.jsonl")
+  writer.write(2, {"loss": 2.0})  # logged, not raised
+  assert writer.failed_writes == 1
+  assert sorted(metrics.read_records(workdir)) == [1]
+  healthy_gcs.fail(None)
+  writer.write(3, {"loss": 1.0})
+  writer.close()
+  assert sorted(metrics.read_records(workdir)) == [1, 2, 3]
+  assert writer.failed_writes == 1

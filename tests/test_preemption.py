@@ -110,7 +110,8 @@ def test_kills_and_a_preemption_leave_the_loss_curve_bit_identical(tmp_path):
 
 
 class _Saving:
-  """A checkpointer whose save of step 4 commits after `seconds`."""
+  """A checkpointer whose save of step 4 commits after `seconds`; step 2 is
+  the last committed one."""
 
   directory, in_flight = epath.Path("/ckpt"), 4
 
@@ -124,7 +125,10 @@ class _Saving:
   def abandon(self):
     self.abandoned = True
 
-  def latest_step(self):
+  def latest_step(self):  # Orbax counts the step being saved
+    return 4
+
+  def last_committed(self, wait_s=0.0):
     return 2
 
 

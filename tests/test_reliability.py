@@ -237,12 +237,29 @@ def _truncate_array_files(step_dir):
     os.truncate(path, path.stat().st_size // 2)
 
 
+def flip_bytes(step_dir, count: int = 64):
+  """Inverts `count` bytes in the middle of the largest array data file: a
+  file of the right size whose contents changed (bit rot, a bad copy)."""
+  files = [p for p in pathlib.Path(step_dir, "state").rglob("*")
+           if p.is_file() and p.parent.name == "d"]
+  path = max(files, key=lambda p: p.stat().st_size)
+  data = bytearray(path.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + count] = bytes(b ^ 0xFF for b in data[middle:middle + count])
+  path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("damage, message", [
     (_truncate_array_files, "cannot be read: .*It is damaged"),
+    (flip_bytes, "does not match its checksum .* the stored bytes changed after the save"),
     (lambda step_dir: shutil.rmtree(step_dir / "state"), "state is missing"),
+    (lambda step_dir: (step_dir / "state" / "_METADATA").unlink(), "state/_METADATA is missing"),
     (lambda step_dir: shutil.rmtree(step_dir / "data"), "data is missing"),
+    (lambda step_dir: (step_dir / "data" / "metadata").write_text("{garbage"),
+     r"checkpoints/4/data: JSONDecodeError"),
     (lambda step_dir: shutil.rmtree(step_dir / "config"), "config is missing"),
-], ids=["truncated_array_files", "no_state", "no_data_position", "no_config"])
+], ids=["truncated_array_files", "flipped_bytes", "no_state", "no_tree_metadata",
+        "no_data_position", "garbage_data_position", "no_config"])
 def test_a_damaged_checkpoint_is_named_with_what_would_work(source_run, tmp_path, damage,
                                                             message):
   workdir = copy_until(source_run[0], 4, tmp_path / "run")
@@ -251,7 +268,25 @@ def test_a_damaged_checkpoint_is_named_with_what_would_work(source_run, tmp_path
   with pytest.raises(ValueError, match=message) as error:
     run_steps(config, workdir, make_train_iterator(config))
   assert f"delete {workdir}/checkpoints/4 to resume from step 3" in str(error.value)
-  assert "tensorstore_spec" not in str(error.value) and len(str(error.value)) < 900
+  assert "checkpoint.on_corrupt=fallback" in str(error.value)
+  assert "tensorstore_spec" not in str(error.value) and len(str(error.value)) < 1000
+
+
+def test_a_corrupt_step_is_set_aside_and_the_run_resumes_from_the_one_before(source_run,
+                                                                            tmp_path):
+  """checkpoint.on_corrupt=fallback: step 4's flipped bytes fail its checksum;
+  it is moved aside and the run resumes from step 3, retraining step 4 bit
+  for bit as the straight run did."""
+  workdir = copy_until(source_run[0], 4, tmp_path / "run")
+  flip_bytes(pathlib.Path(workdir) / "checkpoints" / "4")
+  config = make_config(**{"checkpoint.on_corrupt": "fallback", "checkpoint.max_to_keep": 10,
+                          "checkpoint.save_every_steps": 1, "run.steps": 5})
+  resumed = run_steps(config, workdir, make_train_iterator(config))
+  assert [h["step"] for h in resumed] == [4, 5]
+  assert_same_curve(resumed[:1], source_run[1][3:])
+  checkpoints = pathlib.Path(workdir) / "checkpoints"
+  assert committed_steps(checkpoints) == [1, 2, 3, 4, 5]
+  assert [p.name.split("-")[0] for p in checkpoints.glob("4.corrupt-*")] == ["4.corrupt"]
 
 
 def test_init_paths_that_are_not_step_directories_are_named(source_run, tmp_path):
@@ -270,8 +305,10 @@ def test_init_paths_that_are_not_step_directories_are_named(source_run, tmp_path
     ("run", "max_skipped_steps", -1, "an integer >= 0"),
     ("checkpoint", "preemption_grace_s", 0.0, "seconds > 0"),
     ("checkpoint", "preemption_grace_s", float("nan"), "seconds > 0"),
+    ("checkpoint", "on_corrupt", "ignore", r"not one of \['refuse', 'fallback'\]"),
 ], ids=["run.on_non_finite=sometimes", "run.max_skipped_steps=-1",
-        "checkpoint.preemption_grace_s=0", "checkpoint.preemption_grace_s=nan"])
+        "checkpoint.preemption_grace_s=0", "checkpoint.preemption_grace_s=nan",
+        "checkpoint.on_corrupt=ignore"])
 def test_bad_reliability_settings_are_named(section, field, value, valid):
   cd = config_lib.defaults()
   cd[section][field] = value

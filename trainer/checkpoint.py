@@ -1,6 +1,10 @@
 """Async Orbax checkpoints: one step holds the train state, the data position
-(rows consumed: the same for every host), the run config and the run's counters. Local paths and gs://
+(rows consumed: the same for every host), the run config, the run's counters
+and a checksum of every array (`trainer/integrity.py`). Local paths and gs://
 alike.
+
+A step that cannot be read, or whose arrays do not match their checksums, is
+a `CorruptCheckpointError` naming the step and what would work.
 
 A step counts only once Orbax has committed it (atomic rename locally, a
 commit marker on GCS); `latest_step()` never returns a half-written one. A
@@ -18,10 +22,12 @@ from absl import logging
 from etils import epath
 
 from sharding import rules
+from trainer import integrity
 from trainer.config import CheckpointConfig
+from trainer.integrity import CorruptCheckpointError
 from trainer.state import ParamsPlan, ShardedSetup
 
-STATE, DATA, CONFIG, COUNTERS = "state", "data", "config", "counters"
+STATE, DATA, CONFIG, COUNTERS, CHECKSUMS = "state", "data", "config", "counters", "checksums"
 
 
 class CheckpointSaveError(RuntimeError):
@@ -50,18 +56,40 @@ def check_step_dir(path: str, flag: str = ""):
                    f"(no {STATE}/ in it); give <workdir>/checkpoints/<step>{found}")
 
 
-def _plain_path(path) -> tuple[str, ...]:
-  """A tree path as strings: Orbax's metadata keys every level by name."""
-  return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
-               for k in path)
+def damaged(step_dir, cause: str, advice: str) -> ValueError:
+  """The one error for a step that cannot be read, with what would work."""
+  return CorruptCheckpointError(f"checkpoint {step_dir} cannot be read: {cause}. It is "
+                                f"damaged (a truncated, corrupt or missing file); {advice}")
+
+
+@contextlib.contextmanager
+def naming_damage(step_dir, advice, part: str = ""):
+  """Any read error inside becomes `damaged(...)`, naming the `part` read if
+  given; `advice()` says what would work (called only on an error: it may
+  list the storage)."""
+  try:
+    yield
+  except CorruptCheckpointError as e:  # a checksum that does not match
+    raise CorruptCheckpointError(f"{e}; {advice()}") from e
+  except Exception as e:  # noqa: BLE001 - any read error means a damaged step here
+    # TensorStore appends its whole spec (about 1 kB of JSON): the cause is before it.
+    cause = " ".join(str(e).split(" [tensorstore_spec=")[0].split())
+    where = f"{part}: " if part else ""
+    raise damaged(step_dir, f"{where}{type(e).__name__}: {cause[:400]}", advice()) from e
+
+
+def _other_steps_advice(step_dir) -> str:
+  """For a step given by path (--init_from, evaluation): the steps beside it."""
+  step_dir = epath.Path(step_dir)
+  steps = committed_steps(step_dir.parent) if step_dir.parent.exists() else []
+  return f"give another step; the committed steps beside it: {steps}"
 
 
 def check_shapes(saved_tree, target_tree, where: str):
   """ValueError naming the first parameter whose saved shape differs."""
-  saved = {_plain_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
+  saved = {integrity.name(p): v for p, v in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
   for path, target in jax.tree_util.tree_flatten_with_path(target_tree)[0]:
-    name = "/".join(_plain_path(path))
-    path = _plain_path(path)
+    name = path = integrity.name(path)
     if path not in saved:
       raise ValueError(f"{where}: {name} is missing from the checkpoint; was it saved "
                        "by another architecture?")
@@ -84,12 +112,24 @@ class Checkpointer:
         item_handlers={STATE: ocp.StandardCheckpointHandler(use_ocdbt=config.use_ocdbt),
                        DATA: ocp.JsonCheckpointHandler(),
                        CONFIG: ocp.JsonCheckpointHandler(),
-                       COUNTERS: ocp.JsonCheckpointHandler()})
+                       COUNTERS: ocp.JsonCheckpointHandler(),
+                       CHECKSUMS: ocp.JsonCheckpointHandler()})
     self._in_flight = None  # the step of a save not yet known to be committed
     self._abandoned = False
 
   def latest_step(self) -> int | None:
+    """The newest step, counting one still being saved (Orbax's view)."""
     return self.manager.latest_step()
+
+  def last_committed(self, wait_s: float = 0.0) -> int | None:
+    """The newest step a restart would resume from; a save in flight does
+    not count. With `wait_s`, that save first gets that long to commit (one
+    that fails or is still writing then is simply not counted)."""
+    if wait_s and self._in_flight is not None:
+      with contextlib.suppress(CheckpointSaveError):
+        self.wait(deadline=time.monotonic() + wait_s)
+    steps = committed_steps(self.directory)
+    return steps[-1] if steps else None
 
   def save(self, step: int, state, data_iterator, config_json: dict[str, Any],
            counters: dict[str, int] | None = None) -> bool:
@@ -99,7 +139,8 @@ class Checkpointer:
     that step's. `counters` (e.g. skipped steps) are restored with the step.
     """
     self.wait()
-    items = {STATE: ocp.args.StandardSave(state), CONFIG: ocp.args.JsonSave(config_json)}
+    items = {STATE: ocp.args.StandardSave(state), CONFIG: ocp.args.JsonSave(config_json),
+             CHECKSUMS: ocp.args.JsonSave(integrity.checksums(state))}
     if data_iterator is not None:
       # The data position is global (rows consumed, the same on every host):
       # one JSON item, written by the primary process.
@@ -158,42 +199,60 @@ class Checkpointer:
     counters); counters are {} for a checkpoint saved without them."""
     where = self.directory / str(step)
     target = rules.with_shardings(setup.abstract, setup.shardings)
-    for item in (STATE, CONFIG) + ((DATA,) if data_iterator is not None else ()):
-      if not (where / item).exists():
-        self._raise_damaged(step, f"{where / item} is missing")
+    # The tree's metadata too: without it Orbax would see an empty tree.
+    for part in (STATE, f"{STATE}/_METADATA", CONFIG) + (
+        (DATA,) if data_iterator is not None else ()):
+      if not (where / part).exists():
+        self._raise_damaged(step, f"{where / part} is missing")
     with self._naming_damage(step):
       saved = self.manager.item_metadata(step)[STATE]
     check_shapes(saved.tree if hasattr(saved, "tree") else saved, target,
                  f"checkpoint {where}")
     items = {STATE: ocp.args.StandardRestore(target), CONFIG: ocp.args.JsonRestore()}
-    if (where / COUNTERS).exists():
-      items[COUNTERS] = ocp.args.JsonRestore()
+    for optional in (COUNTERS, CHECKSUMS):  # steps saved before these existed lack them
+      if (where / optional).exists():
+        items[optional] = ocp.args.JsonRestore()
     with self._naming_damage(step):
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    if CHECKSUMS in restored:
+      with self._naming_damage(step):
+        integrity.verify(restored[CHECKSUMS], restored[STATE], f"checkpoint {where}")
     if data_iterator is not None:
       # Apart from the arrays: the data pipeline's own errors (another
       # sequence length, seed or store) are already clear.
-      data_iterator.set_state(self.manager.restore(step, args=ocp.args.Composite(
-          **{DATA: ocp.args.JsonRestore()}))[DATA])
+      with self._naming_damage(step, str(where / DATA)):
+        position = self.manager.restore(step, args=ocp.args.Composite(
+            **{DATA: ocp.args.JsonRestore()}))[DATA]
+      data_iterator.set_state(position)
     return restored[STATE], restored[CONFIG], dict(restored.get(COUNTERS) or {})
 
-  @contextlib.contextmanager
-  def _naming_damage(self, step: int):
-    try:
-      yield
-    except Exception as e:  # noqa: BLE001 - any read error means a damaged step here
-      # TensorStore appends its whole spec (about 1 kB of JSON): the cause is before it.
-      cause = " ".join(str(e).split(" [tensorstore_spec=")[0].split())
-      self._raise_damaged(step, f"{type(e).__name__}: {cause[:400]}", e)
+  def _naming_damage(self, step: int, part: str = ""):
+    return naming_damage(self.directory / str(step), lambda: self._resume_advice(step), part)
 
-  def _raise_damaged(self, step: int, cause: str, error: Exception | None = None):
+  def _raise_damaged(self, step: int, cause: str):
+    raise damaged(self.directory / str(step), cause, self._resume_advice(step))
+
+  def _resume_advice(self, step: int) -> str:
     others = [s for s in self.manager.all_steps() if s != step]
     advice = (f"delete {self.directory / str(step)} to resume from step {max(others)}, "
               "or " if others else "")
-    raise ValueError(
-        f"checkpoint {self.directory / str(step)} cannot be read: {cause}. It is "
-        f"damaged (a truncated or missing file); {advice}start afresh in another "
-        f"--workdir. Committed steps here: {sorted(self.manager.all_steps())}") from error
+    fallback = ("set checkpoint.on_corrupt=fallback to set it aside and resume from the "
+                "newest intact step, " if others else "")
+    return (f"{advice}{fallback}start afresh in another --workdir. Committed steps here: "
+            f"{sorted(self.manager.all_steps())}")
+
+  def set_aside(self, step: int) -> epath.Path:
+    """Moves a corrupt step out of the way (a copy on GCS) so that neither a
+    restart nor the next save of that step number sees it; returns where it
+    went. Process 0 moves it; every process forgets it."""
+    target = self.directory / f"{step}.corrupt-{int(time.time())}"
+    if jax.process_index() == 0:
+      (self.directory / str(step)).rename(target)
+    return target
+
+  def reload(self):
+    """Re-reads the committed steps (after `set_aside`, once every process is past it)."""
+    self.manager.reload()
 
   def config_only_args(self):
     """Restore args that read only the run config of a step."""
@@ -225,29 +284,39 @@ def restore_params(path: str, plan: ParamsPlan):
   """Parameters only from a checkpoint step directory (e.g. `--init_params_from`),
   straight into the shards of `plan`; the optimizer state is never read."""
   target = {"params": rules.with_shardings(plan.abstract, plan.shardings)}
-  # The item's own handler: a Checkpointer would look for the step's metadata
-  # inside the item directory and warn that it is missing.
-  item_dir, handler = epath.Path(path) / STATE, ocp.PyTreeCheckpointHandler()
-  try:
-    saved = handler.metadata(item_dir)
-    saved_tree = getattr(saved, "tree", saved)
-    check_shapes({"params": saved_tree["params"]}, target, f"checkpoint {path}")
-    restored = handler.restore(item_dir, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True))
-  finally:
-    handler.close()
-  return restored["params"]
+  return _restore_item(path, target, ocp.PyTreeCheckpointHandler(), lambda: ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True))["params"]
 
 
 def restore_state(path: str, setup: ShardedSetup):
   """The full train state from a checkpoint step directory (`--init_from`);
   the data position is not taken from it."""
   target = rules.with_shardings(setup.abstract, setup.shardings)
-  item_dir, handler = epath.Path(path) / STATE, ocp.StandardCheckpointHandler()
+  return _restore_item(path, target, ocp.StandardCheckpointHandler(),
+                       lambda: ocp.args.StandardRestore(target))
+
+
+def _restore_item(path: str, target, handler, restore_args):
+  """The `target` part of the state item of the step directory `path`, read by
+  the item's own `handler` (a Checkpointer would look for the step's metadata
+  inside the item directory and warn that it is missing), shape-checked and
+  verified against the step's checksums."""
+  step_dir = epath.Path(path)
+  item_dir = step_dir / STATE
+  advice = lambda: _other_steps_advice(path)  # noqa: E731
+  if not (item_dir / "_METADATA").exists():  # Orbax would read an empty tree
+    raise damaged(path, f"{item_dir / '_METADATA'} is missing", advice())
   try:
-    saved = handler.metadata(item_dir)
-    check_shapes(getattr(saved, "tree", saved), target, f"checkpoint {path}")
-    return handler.restore(item_dir, args=ocp.args.StandardRestore(target))
+    with naming_damage(path, advice):
+      saved = handler.metadata(item_dir)
+    saved = getattr(saved, "tree", saved)
+    check_shapes(saved, target, f"checkpoint {path}")
+    with naming_damage(path, advice):
+      restored = handler.restore(item_dir, args=restore_args())
+      if (step_dir / CHECKSUMS).exists():
+        sums = ocp.JsonCheckpointHandler().restore(step_dir / CHECKSUMS)
+        integrity.verify(sums, restored, f"checkpoint {path}")
   finally:
     handler.close()
+  return restored

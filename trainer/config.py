@@ -52,6 +52,13 @@ class OptimizerConfig:
         raise ValueError(f"optimizer.{name}={value!r} must be a number {valid}.")
 
 
+class OnCorrupt(enum.Enum):
+  """What resuming does with a step that fails its checksums or cannot be read."""
+
+  REFUSE = "refuse"  # stop, naming the step and what would work
+  FALLBACK = "fallback"  # set it aside (<step>.corrupt) and resume from the newest intact step
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
   """When Orbax saves, and which checkpoints it keeps."""
@@ -70,12 +77,16 @@ class CheckpointConfig:
   # little below the scheduler's notice (GKE: terminationGracePeriodSeconds).
   # A run stopping on an error also waits at most this long for its last save.
   preemption_grace_s: float = 30.0
+  on_corrupt: OnCorrupt = OnCorrupt.REFUSE
 
   def __post_init__(self):
     check_ints("checkpoint", self, 1, "save_every_steps", "max_to_keep")
     check_ints("checkpoint", self, 0, "keep_period")
     if not isinstance(self.async_save, bool):
       raise ValueError(f"checkpoint.async_save={self.async_save!r} must be a bool.")
+    if not isinstance(self.on_corrupt, OnCorrupt):
+      raise ValueError(f"checkpoint.on_corrupt={self.on_corrupt!r} is not one of "
+                       f"{[e.value for e in OnCorrupt]}.")
     grace = self.preemption_grace_s
     if (not isinstance(grace, (int, float)) or isinstance(grace, bool)
         or not math.isfinite(grace) or grace <= 0):

@@ -1,5 +1,6 @@
 """Step metrics: throughput and MFU, written to JSONL and TensorBoard (the
-lines a person reads are trainer/progress.py's)."""
+lines a person reads are trainer/progress.py's). A failed write (storage
+briefly gone) is logged and retried at the next one; it never ends a run."""
 
 import json
 import shutil
@@ -45,6 +46,7 @@ class MetricsWriter:
       local = tempfile.mkdtemp(prefix="tensorboard_") if self._remote else self._tensorboard_dir
       self.tensorboard = tensorboardX.SummaryWriter(str(local))
     self._last_time, self._last_step = None, None
+    self.failed_writes = 0
 
   def write(self, step: int, metrics: dict[str, float]) -> dict:
     """Records `metrics` of `step` with tokens/s, TFLOP/s per device and MFU
@@ -73,11 +75,23 @@ class MetricsWriter:
   def _record(self, record: dict):
     if self.is_writer:
       self._lines.append(json.dumps(record))
-      self._write_jsonl("\n".join(self._lines) + "\n")
       for key, value in record.items():
         if key != "step":
           self.tensorboard.add_scalar(key, value, record["step"])
+      self._flush()
+
+  def _flush(self):
+    """Writes every record so far. A storage error is logged and counted,
+    never raised: the records stay in memory for the next write."""
+    try:
+      if self._lines:
+        self._write_jsonl("\n".join(self._lines) + "\n")
       self._sync_tensorboard()
+    except Exception as e:  # noqa: BLE001 - metrics must never end a run
+      self.failed_writes += 1
+      logging.warning("metrics write to %s failed (%s: %s); training goes on, the next "
+                      "write retries (%d failed so far)", self.jsonl.parent,
+                      type(e).__name__, e, self.failed_writes)
 
   def _write_jsonl(self, text: str):
     """Whole-file replacement that a kill cannot truncate: a GCS object is
@@ -98,7 +112,7 @@ class MetricsWriter:
 
   def close(self):
     if self.tensorboard is not None:
-      self._sync_tensorboard()
+      self._flush()
       self.tensorboard.close()
       if self._remote:
         shutil.rmtree(self.tensorboard.logdir, ignore_errors=True)

@@ -19,7 +19,8 @@ from trainer.checkpoint import (Checkpointer, check_step_dir, committed_steps, r
                                 restore_state)
 from trainer import config as config_lib
 from trainer import lm_eval_lib
-from trainer.config import Config, NonFinite
+from trainer.config import Config, NonFinite, OnCorrupt
+from trainer.integrity import CorruptCheckpointError
 from trainer.scoring import Scorer, score_sources, summary
 from trainer.metrics import MetricsWriter
 from trainer.progress import Progress
@@ -102,15 +103,32 @@ def check_workdir(workdir: str) -> epath.Path:
 def initial_state(config: Config, program: Program, checkpointer, data_iterator, init_from,
                   init_params_from, progress: Progress) -> tuple[TrainState, dict]:
   """Restore order: this run's latest step -> --init_from (a full state) ->
-  --init_params_from (parameters only) -> fresh initialisation.
+  --init_params_from (parameters only) -> fresh initialisation. A latest step
+  that is corrupt stops the run, or with `checkpoint.on_corrupt=fallback` is
+  set aside for the one before it (none left: an error, not a fresh start).
 
   Returns (state, counters): the counters (skipped steps) of the step
   resumed from, {} otherwise."""
-  latest = checkpointer.latest_step()
-  if latest is not None:
+  set_aside = []
+  while (latest := checkpointer.latest_step()) is not None:
     progress.event(f"resuming from {checkpointer.directory}/{latest}")
-    state, _, counters = checkpointer.restore(latest, program.setup, data_iterator)
-    return state, counters
+    try:
+      state, _, counters = checkpointer.restore(latest, program.setup, data_iterator)
+      return state, counters
+    except CorruptCheckpointError as e:
+      if config.checkpoint.on_corrupt != OnCorrupt.FALLBACK:
+        raise
+      moved = checkpointer.set_aside(latest)
+      progress.event(f"{e}\n  set aside as {moved} (checkpoint.on_corrupt=fallback); "
+                     "trying the step before it")
+      barrier(f"griffin: step {latest} set aside")
+      checkpointer.reload()
+      set_aside.append(latest)
+  if set_aside:
+    raise CorruptCheckpointError(
+        f"every committed step of {checkpointer.directory} was corrupt and is set aside "
+        f"({set_aside}); start afresh in another --workdir, or --init_params_from a "
+        "step of another run")
   if init_from:
     progress.event(f"initialising the full state from {init_from}")
     return restore_state(init_from, program.setup), {}
@@ -188,6 +206,8 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   history, pending = [], None  # pending: (step, metrics on device), read one step late
   scorer = Scorer(program.setup.graphdef, mesh) if eval_data and config.run.eval_every_steps else None
 
+  commit_wait_s = config.checkpoint.preemption_grace_s  # for the error messages
+
   def settle(pending):
     nonlocal skipped_steps
     step, metrics = pending
@@ -200,11 +220,11 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
         raise NonFiniteLossError(
             f"step {step}: non-finite metrics {metrics}; {skipped_steps} steps were "
             f"skipped, more than run.max_skipped_steps={config.run.max_skipped_steps}; "
-            f"the last committed checkpoint is {checkpointer.latest_step()}")
+            f"the last committed checkpoint is {checkpointer.last_committed(commit_wait_s)}")
     elif not all(np.isfinite(v) for v in metrics.values()):
       raise NonFiniteLossError(
           f"step {step}: non-finite metrics {metrics}; the last committed checkpoint "
-          f"is {checkpointer.latest_step()} (run.on_non_finite=skip drops such "
+          f"is {checkpointer.last_committed(commit_wait_s)} (run.on_non_finite=skip drops such "
           "updates instead)")
     if skip:
       metrics["skipped_steps"] = float(skipped_steps)
@@ -268,7 +288,7 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
     if stop.signal_time is not None:
       committed = commit_within_grace(checkpointer, stop, config.checkpoint.preemption_grace_s)
       progress.event(f"SIGTERM: step "
-                     f"{committed if committed is not None else checkpointer.latest_step()} "
+                     f"{committed if committed is not None else checkpointer.last_committed()} "
                      f"is committed, {time.monotonic() - stop.signal_time:.2f} s after the "
                      "signal; exiting")
   finally:
@@ -310,6 +330,6 @@ def commit_within_grace(checkpointer: Checkpointer, stop: StopFlag, grace_s: flo
   raise PreemptionTimeoutError(
       f"SIGTERM: step {step} did not commit to {checkpointer.directory / str(step)} "
       f"within checkpoint.preemption_grace_s={grace_s} s of the signal; it does not "
-      f"count, the last committed step is {checkpointer.latest_step()}. Storage was "
+      f"count, the last committed step is {checkpointer.last_committed()}. Storage was "
       "slow or unreachable; a longer grace (below the scheduler's notice) or more "
       "frequent checkpoint.save_every_steps loses less.")
