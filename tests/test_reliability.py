@@ -24,6 +24,7 @@ from trainer.metrics import read_records as records
 from trainer.import_recurrentgemma_lib import read_as_numpy
 from trainer.train_lib import make_train_iterator
 from trainer.train import parse_profile_steps
+from trainer.spikes import LossSpikeError, SpikeGuard
 from trainer.train_loop import NonFiniteLossError, run_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,6 +119,60 @@ def test_a_non_finite_update_is_skipped_counted_and_resumed_exactly(source_run, 
     run_steps(config, resumed, Hooked(make_train_iterator(config), poison_at(1)))
   assert_same_curve([r[-1] for r in records(resumed).values()], history[:3])
   assert committed_steps(epath.Path(resumed) / "checkpoints") == [1, 2, 3]
+
+
+# --- loss spikes ------------------------------------------------------------
+
+
+def test_a_spike_is_skipped_or_rolled_back_past_its_batch(tmp_path):
+  """Step 6's batch is one token repeated (finite loss, gradient norm 20x
+  the median). `skip` drops its update in the compiled step; `rollback`
+  restores step 5 and goes on with the batch after it. Either way the model
+  never learns from that batch: the rollback run's steps 6 and 7 are the skip
+  run's 7 and 8, bit for bit (the skipped step kept the optimizer's count
+  too), and the event is counted and saved with the run."""
+  def spike_at_6(i, batch):
+    return {**batch, "tokens": np.full_like(batch["tokens"], 255)} if i == 5 else batch
+
+  runs = {}
+  for action in ("skip", "rollback"):
+    config = make_config(**{"run.steps": 8, "run.spike_factor": 1.5,
+                            "run.spike_window": 3, "run.spike_action": action,
+                            "checkpoint.save_every_steps": 1, "checkpoint.max_to_keep": 10})
+    workdir = tmp_path / action
+    runs[action] = run_steps(config, str(workdir), Hooked(make_train_iterator(config), spike_at_6))
+    saved = json.loads((workdir / "checkpoints" / "7" / "counters" / "metadata").read_text())
+    assert saved["spikes"] == 1
+  skip, rolled = runs["skip"], runs["rollback"]
+  assert [r["spike"] for r in skip] == [0, 0, 0, 0, 0, 1, 0, 0]
+  assert skip[5]["grad_norm"] > 10 * np.median([r["grad_norm"] for r in skip[:5]])
+  assert [r["step"] for r in rolled] == list(range(1, 9))  # the spike's record is not kept
+  assert_same_curve(rolled[:5], skip[:5], keys=("loss", "grad_norm"))
+  np.testing.assert_array_equal([(r["loss"], r["grad_norm"]) for r in rolled[5:7]],
+                                [(r["loss"], r["grad_norm"]) for r in skip[6:8]])
+  saved = json.loads((tmp_path / "rollback" / "checkpoints" / "7" / "counters" / "metadata")
+                     .read_text())
+  assert saved["rollbacks"] == [{"at": 6, "to": 5, "batches_skipped": 1}]
+  assert rolled[-1]["spikes"] == 1
+
+
+def test_spike_limits_use_the_steps_two_back_so_a_resumed_run_agrees():
+  guard = SpikeGuard(factor=2.0, window=3)
+  for step, loss in enumerate([4.0, 6.0, 5.0, 9.0], start=1):
+    guard.accept(step, {"loss": loss, "grad_norm": 1.0})
+  assert np.isinf(guard.limits(4)).all()  # steps 1 and 2 only: the window is not full
+  np.testing.assert_array_equal(guard.limits(5), [10.0, 2.0])  # median of 4, 6, 5
+  np.testing.assert_array_equal(guard.limits(6), [12.0, 2.0])  # of 6, 5, 9
+  resumed = SpikeGuard(2.0, 3, json.loads(json.dumps(guard.counters())))
+  assert [resumed.limits(s).tolist() for s in (5, 6)] == [guard.limits(s).tolist() for s in (5, 6)]
+  assert guard.is_spike(6, {"loss": 12.5, "grad_norm": 1.0})
+  assert not guard.is_spike(6, {"loss": float("nan"), "grad_norm": 1.0})  # non-finite: not a spike
+  # Rolling back, the loop's limits decide; one spike more than max_spikes stops the run.
+  assert guard.observe(6, {"loss": 12.5, "grad_norm": 1.0}, True, 1, lambda: 5)
+  with pytest.raises(LossSpikeError, match=r"step 7: a loss spike .* 2 spikes, more than "
+                     r"run.max_spikes=1: the run is diverging. The last committed checkpoint, "
+                     r"before the spikes' updates, is 5"):
+    guard.observe(7, {"loss": 99.0, "grad_norm": 1.0}, True, 1, lambda: 5)
 
 
 # --- storage ----------------------------------------------------------------
@@ -306,9 +361,13 @@ def test_init_paths_that_are_not_step_directories_are_named(source_run, tmp_path
     ("checkpoint", "preemption_grace_s", 0.0, "seconds > 0"),
     ("checkpoint", "preemption_grace_s", float("nan"), "seconds > 0"),
     ("checkpoint", "on_corrupt", "ignore", r"not one of \['refuse', 'fallback'\]"),
+    ("run", "spike_factor", 1.0, r"must be 0 \(off\) or a number > 1"),
+    ("run", "spike_window", 0, "a positive integer"),
+    ("run", "spike_action", "restart", r"not one of \['skip', 'rollback'\]"),
 ], ids=["run.on_non_finite=sometimes", "run.max_skipped_steps=-1",
         "checkpoint.preemption_grace_s=0", "checkpoint.preemption_grace_s=nan",
-        "checkpoint.on_corrupt=ignore"])
+        "checkpoint.on_corrupt=ignore", "run.spike_factor=1", "run.spike_window=0",
+        "run.spike_action=restart"])
 def test_bad_reliability_settings_are_named(section, field, value, valid):
   cd = config_lib.defaults()
   cd[section][field] = value

@@ -101,6 +101,13 @@ class NonFinite(enum.Enum):
   SKIP = "skip"  # drop that update (params and optimizer state kept), count it
 
 
+class SpikeAction(enum.Enum):
+  """What a loss spike does (trainer/spikes.py)."""
+
+  SKIP = "skip"  # drop that update, as a non-finite one
+  ROLLBACK = "rollback"  # restore the newest committed step before it, skip its batches
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """Length of the run, its seed, and how often it logs and evaluates."""
@@ -117,11 +124,26 @@ class RunConfig:
   lm_eval_include_path: str = ""  # a folder of local task YAMLs
   lm_eval_builtin_tasks: bool = True  # False: only those YAMLs (skips indexing lm-eval's ~15k)
   lm_eval_limit: int = 0  # documents per task; 0 = all
+  # Loss-spike guard (trainer/spikes.py): a loss or gradient norm above
+  # spike_factor x its running median over spike_window steps is a spike.
+  spike_factor: float = 0.0  # 0 = off; else > 1
+  spike_window: int = 100
+  spike_action: SpikeAction = SpikeAction.SKIP
+  max_spikes: int = 10  # stop the run when more steps than this were spikes
 
   def __post_init__(self):
     check_ints("run", self, 1, "steps", "log_every_steps", "eval_steps")
+    check_ints("run", self, 1, "spike_window")
     check_ints("run", self, 0, "seed", "eval_every_steps", "max_skipped_steps",
-               "lm_eval_every_steps", "lm_eval_limit")
+               "lm_eval_every_steps", "lm_eval_limit", "max_spikes")
+    factor = self.spike_factor
+    if (not isinstance(factor, (int, float)) or isinstance(factor, bool)
+        or not math.isfinite(factor) or not (factor == 0 or factor > 1)):
+      raise ValueError(f"run.spike_factor={factor!r} must be 0 (off) or a number > 1, "
+                       "e.g. 3: a loss above 3x its running median is a spike.")
+    if not isinstance(self.spike_action, SpikeAction):
+      raise ValueError(f"run.spike_action={self.spike_action!r} is not one of "
+                       f"{[e.value for e in SpikeAction]}.")
     if self.lm_eval_every_steps and not str(self.lm_eval_tasks).strip(" ,"):
       raise ValueError(f"run.lm_eval_every_steps={self.lm_eval_every_steps} needs run.lm_eval_tasks.")
     if not isinstance(self.on_non_finite, NonFinite):

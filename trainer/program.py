@@ -12,7 +12,7 @@ import optax
 
 from sharding import rules
 from sharding.mesh import make_mesh
-from trainer.config import Config, NonFinite
+from trainer.config import Config, NonFinite, SpikeAction
 from trainer.optimizer import make_optimizer
 from trainer.state import ShardedSetup, init_state, plan_state
 from trainer.train_step import TrainStep
@@ -45,5 +45,7 @@ def build_program(config: Config, devices: Sequence[jax.Device] | None = None) -
   setup = plan_state(config.model, optimizer, mesh)
   train_step = TrainStep(setup, optimizer, mesh, config.optimizer.z_loss,
                          config.optimizer.grad_accum_steps,
-                         skip_non_finite=config.run.on_non_finite == NonFinite.SKIP)
+                         skip_non_finite=config.run.on_non_finite == NonFinite.SKIP,
+                         spike_limits=(config.run.spike_factor > 0
+                                       and config.run.spike_action == SpikeAction.SKIP))
   return Program(mesh, optimizer, setup, train_step)

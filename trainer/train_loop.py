@@ -19,11 +19,12 @@ from trainer.checkpoint import (Checkpointer, check_step_dir, committed_steps, r
                                 restore_state)
 from trainer import config as config_lib
 from trainer import lm_eval_lib
-from trainer.config import Config, NonFinite, OnCorrupt
+from trainer.config import Config, NonFinite, OnCorrupt, SpikeAction
 from trainer.integrity import CorruptCheckpointError
 from trainer.scoring import Scorer, score_sources, summary
 from trainer.metrics import MetricsWriter
 from trainer.progress import Progress
+from trainer.spikes import LossSpikeError, SpikeGuard
 from trainer.program import Program, build_program
 from trainer.state import TrainState
 from trainer.train_step import device_batch
@@ -32,6 +33,14 @@ from trainer.train_step import device_batch
 class NonFiniteLossError(RuntimeError):
   """Raised when a step's loss or gradient norm is NaN or Inf (policy HALT),
   or when more than `run.max_skipped_steps` were skipped (policy SKIP)."""
+
+
+class _Rollback(Exception):
+  """Raised by the loop's metrics reader at a spike under `spike_action=rollback`."""
+
+  def __init__(self, step: int):
+    super().__init__(step)
+    self.step = step
 
 
 class PreemptionTimeoutError(RuntimeError):
@@ -191,6 +200,8 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
                                   init_from, init_params_from, progress)
   skip = config.run.on_non_finite == NonFinite.SKIP
   skipped_steps = counters.get("skipped_steps", 0)
+  guard = SpikeGuard(config.run.spike_factor, config.run.spike_window, counters)
+  rollback = guard.enabled and config.run.spike_action == SpikeAction.ROLLBACK
   train_step.compile_now(state, (config.data.global_batch_size, config.data.seq_len))
   barrier("griffin: train step compiled")
   row = rules.batch_sharding(mesh)
@@ -226,6 +237,9 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
           f"step {step}: non-finite metrics {metrics}; the last committed checkpoint "
           f"is {checkpointer.last_committed(commit_wait_s)} (run.on_non_finite=skip drops such "
           "updates instead)")
+    if guard.enabled and guard.observe(step, metrics, rollback, config.run.max_spikes,
+                                       lambda: checkpointer.last_committed(commit_wait_s)):
+      raise _Rollback(step)
     if skip:
       metrics["skipped_steps"] = float(skipped_steps)
     history.append({"step": step, **metrics})
@@ -233,56 +247,85 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
     if step % config.run.log_every_steps == 0 or step in (1, config.run.steps):
       progress.interval(writer.write(step, metrics))
 
-  step = int(state.step)
+  def roll_back(at: int, dispatched: int) -> TrainState:
+    """The state of the newest committed step before the spike at `at`; the
+    data goes on after the batches already read (up to step `dispatched`)."""
+    checkpointer.last_committed(commit_wait_s)  # a save in flight counts once committed
+    before = [s for s in committed_steps(checkpointer.directory) if s < at]
+    if not before:
+      raise LossSpikeError(f"step {at}: a loss spike, and no committed checkpoint before it "
+                           f"in {checkpointer.directory} to roll back to; save earlier "
+                           "(checkpoint.save_every_steps) or use run.spike_action=skip")
+    restored, _, saved = checkpointer.restore(before[-1], program.setup)
+    guard.rolled_back(at, before[-1], dispatched - before[-1], saved.get("spike_history", []))
+    progress.event(f"loss spike at step {at}: rolled back to step {before[-1]}, skipping the "
+                   f"{dispatched - before[-1]} batches read since it (run.spike_action=rollback)")
+    return restored
+
+  def run_one_step(state, step, pending):
+    """Dispatches step + 1; reads the step before's metrics, evaluates, saves.
+    Returns (state, step, pending)."""
+    nonlocal tracing
+    if profile_steps and step + 1 == profile_steps[0]:
+      jax.profiler.start_trace(str(epath.Path(workdir) / "profile"))
+      tracing = True
+    nonlocal dispatched
+    state, metrics = train_step(state, *device_batch(row, next(data_iterator)),
+                                limits_2=guard.limits(step + 1))
+    step = dispatched = step + 1
+    if pending:
+      settle(pending)  # the previous step's numbers, now that this one is queued
+    pending = (step, metrics)
+    if tracing and step == profile_steps[1]:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      tracing = False
+    if scorer and step % config.run.eval_every_steps == 0:
+      start = evaluation_start(state)
+      sums, by_source = score_sources(scorer, state.params, eval_data(),
+                                      config.run.eval_steps, config.data.seq_len)
+      result = summary(*sums)
+      seconds = time.perf_counter() - start
+      stderr = f" ± {result['loss_stderr']:.4f}" if "loss_stderr" in result else ""
+      progress.event(f"eval at step {step}: loss {result['loss']:.4f}{stderr}, perplexity "
+                     f"{result['perplexity']:.2f}, accuracy {result['accuracy']:.4f} "
+                     f"({seconds:.1f} s)")
+      writer.write_eval(step, {"eval_loss": result["loss"],
+                               "eval_perplexity": result["perplexity"],
+                               "eval_accuracy": result["accuracy"],
+                               **({"eval_loss_stderr": result["loss_stderr"]}
+                                  if "loss_stderr" in result else {}),
+                               **{f"eval_loss_{name}": source["loss"]
+                                  for name, source in by_source.items()},
+                               "eval_seconds": seconds}, seconds)
+    if harness and step % config.run.lm_eval_every_steps == 0:
+      start = evaluation_start(state)
+      scores = harness(state.params, program.setup.graphdef, mesh)
+      seconds = time.perf_counter() - start
+      progress.event(f"lm-eval at step {step}: " + ", ".join(
+          f"{k.removeprefix('lm_eval/')} {v:.4f}" for k, v in scores.items())
+          + f" ({seconds:.1f} s)")
+      writer.write_eval(step, {**scores, "lm_eval_seconds": seconds}, seconds)
+    if step % config.checkpoint.save_every_steps == 0 or step == config.run.steps or stop:
+      settle(pending)  # never checkpoint a state whose loss was not finite
+      pending = None
+      if stop.signal_time is not None:  # the wait for the save before counts too
+        commit_within_grace(checkpointer, stop, config.checkpoint.preemption_grace_s)
+      checkpointer.save(step, state, data_iterator, config_json,
+                        {"skipped_steps": skipped_steps,
+                         **(guard.counters() if guard.enabled else {})})
+      progress.event(f"checkpoint: saving step {step} to {checkpointer.directory}/{step}")
+    return state, step, pending
+
+  step = dispatched = int(state.step)
   tracing = False
   try:
     while step < config.run.steps and not stop:
-      if profile_steps and step + 1 == profile_steps[0]:
-        jax.profiler.start_trace(str(epath.Path(workdir) / "profile"))
-        tracing = True
-      state, metrics = train_step(state, *device_batch(row, next(data_iterator)))
-      step += 1
-      if pending:
-        settle(pending)  # the previous step's numbers, now that this one is queued
-      pending = (step, metrics)
-      if tracing and step == profile_steps[1]:
-        jax.block_until_ready(state)
-        jax.profiler.stop_trace()
-        tracing = False
-      if scorer and step % config.run.eval_every_steps == 0:
-        start = evaluation_start(state)
-        sums, by_source = score_sources(scorer, state.params, eval_data(),
-                                        config.run.eval_steps, config.data.seq_len)
-        result = summary(*sums)
-        seconds = time.perf_counter() - start
-        stderr = f" ± {result['loss_stderr']:.4f}" if "loss_stderr" in result else ""
-        progress.event(f"eval at step {step}: loss {result['loss']:.4f}{stderr}, perplexity "
-                       f"{result['perplexity']:.2f}, accuracy {result['accuracy']:.4f} "
-                       f"({seconds:.1f} s)")
-        writer.write_eval(step, {"eval_loss": result["loss"],
-                                 "eval_perplexity": result["perplexity"],
-                                 "eval_accuracy": result["accuracy"],
-                                 **({"eval_loss_stderr": result["loss_stderr"]}
-                                    if "loss_stderr" in result else {}),
-                                 **{f"eval_loss_{name}": source["loss"]
-                                    for name, source in by_source.items()},
-                                 "eval_seconds": seconds}, seconds)
-      if harness and step % config.run.lm_eval_every_steps == 0:
-        start = evaluation_start(state)
-        scores = harness(state.params, program.setup.graphdef, mesh)
-        seconds = time.perf_counter() - start
-        progress.event(f"lm-eval at step {step}: " + ", ".join(
-            f"{k.removeprefix('lm_eval/')} {v:.4f}" for k, v in scores.items())
-            + f" ({seconds:.1f} s)")
-        writer.write_eval(step, {**scores, "lm_eval_seconds": seconds}, seconds)
-      if step % config.checkpoint.save_every_steps == 0 or step == config.run.steps or stop:
-        settle(pending)  # never checkpoint a state whose loss was not finite
-        pending = None
-        if stop.signal_time is not None:  # the wait for the save before counts too
-          commit_within_grace(checkpointer, stop, config.checkpoint.preemption_grace_s)
-        checkpointer.save(step, state, data_iterator, config_json,
-                          {"skipped_steps": skipped_steps})
-        progress.event(f"checkpoint: saving step {step} to {checkpointer.directory}/{step}")
+      try:
+        state, step, pending = run_one_step(state, step, pending)
+      except _Rollback as spike:
+        state, pending = roll_back(spike.step, dispatched), None
+        step = dispatched = int(state.step)
     if pending:
       settle(pending)
     if stop.signal_time is not None:

@@ -45,11 +45,15 @@ class TrainStep:
   returns the old parameters and optimizer state (only the step counter
   moves on) and reports `skipped` = 1 in its metrics. The choice is a select
   inside the compiled step, so no step waits on the host to make it.
+
+  With `spike_limits` (the loss-spike guard's skip action, trainer/spikes.py)
+  the step also takes `limits_2`, [loss limit, gradient-norm limit]: a
+  finite step above either is dropped the same way and reports `spike` = 1.
   """
 
   def __init__(self, setup: ShardedSetup, optimizer: optax.GradientTransformation,
                mesh: jax.sharding.Mesh, z_loss: float = 0.0, grad_accum_steps: int = 1,
-               skip_non_finite: bool = False):
+               skip_non_finite: bool = False, spike_limits: bool = False):
     self.mesh = mesh
     graphdef = setup.graphdef
 
@@ -80,7 +84,7 @@ class TrainStep:
       count = jnp.maximum(count, 1)
       return total / count, jax.tree.map(lambda g: g / count, grads)
 
-    def step(state: TrainState, tokens_BT, segment_pos_BT, loss_mask_BT):
+    def step(state: TrainState, tokens_BT, segment_pos_BT, loss_mask_BT, limits_2=None):
       batch = (tokens_BT, segment_pos_BT, loss_mask_BT)
       if grad_accum_steps == 1:
         loss, grads = jax.value_and_grad(loss_fn)(state.params, *batch)
@@ -89,23 +93,27 @@ class TrainStep:
       updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
       metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-      if skip_non_finite:
+      if skip_non_finite or spike_limits:
         # A NaN or Inf in any gradient makes the global norm non-finite.
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-
-        def keep_old(new, old):
-          return jnp.where(finite, new, old)
-
-        params = jax.tree.map(keep_old, params, state.params)
-        opt_state = jax.tree.map(keep_old, opt_state, state.opt_state)
-        metrics["skipped"] = jnp.logical_not(finite).astype(jnp.float32)
+        finite = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"])
+        drop = jnp.logical_not(finite) if skip_non_finite else jnp.bool_(False)
+        if skip_non_finite:
+          metrics["skipped"] = drop.astype(jnp.float32)
+        if spike_limits:
+          spike = finite & ((loss > limits_2[0]) | (metrics["grad_norm"] > limits_2[1]))
+          metrics["spike"] = spike.astype(jnp.float32)
+          drop = drop | spike
+        params, opt_state = jax.tree.map(lambda new, old: jnp.where(drop, old, new),
+                                         (params, opt_state), (state.params, state.opt_state))
       return TrainState(state.step + 1, params, opt_state), metrics
 
     batch = rules.batch_sharding(mesh)
+    self.spike_limits = spike_limits
     self._compiled = None  # set by compile_now
-    self._jitted = jax.jit(step, in_shardings=(setup.shardings, batch, batch, batch),
-                           out_shardings=(setup.shardings, None),
-                           donate_argnames=("state",))
+    limits = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),)
+    self._jitted = jax.jit(
+        step, in_shardings=(setup.shardings, batch, batch, batch) + (limits if spike_limits else ()),
+        out_shardings=(setup.shardings, None), donate_argnames=("state",))
 
   def context(self):
     """The mesh and rules the model's activation constraints resolve against."""
@@ -114,11 +122,13 @@ class TrainStep:
     stack.enter_context(rules.activation_rules())
     return stack
 
-  def __call__(self, state: TrainState, tokens_BT, segment_pos_BT, loss_mask_BT):
+  def __call__(self, state: TrainState, tokens_BT, segment_pos_BT, loss_mask_BT,
+               limits_2=None):
+    args = (state, tokens_BT, segment_pos_BT, loss_mask_BT)
+    if self.spike_limits:
+      args += (np.full(2, np.inf, np.float32) if limits_2 is None else limits_2,)
     with self.context():
-      if self._compiled is not None:
-        return self._compiled(state, tokens_BT, segment_pos_BT, loss_mask_BT)
-      return self._jitted(state, tokens_BT, segment_pos_BT, loss_mask_BT)
+      return (self._jitted if self._compiled is None else self._compiled)(*args)
 
   def compile_now(self, state: TrainState, batch_shape: tuple[int, int]):
     """Compiles before the first step, so that processes reach their first
@@ -132,5 +142,6 @@ class TrainStep:
     compile-only check for a TPU topology."""
     batch = jax.ShapeDtypeStruct(batch_shape, jnp.int32,
                                  sharding=rules.batch_sharding(self.mesh))
+    limits = (jax.ShapeDtypeStruct((2,), jnp.float32),) if self.spike_limits else ()
     with self.context():
-      return self._jitted.lower(state, batch, batch, batch)
+      return self._jitted.lower(state, batch, batch, batch, *limits)
