@@ -13,6 +13,10 @@ ACTION:
   run     check, then start `python -m trainer.train` on every worker, detached
           (it outlives this command; a second `run` restarts it, and it resumes
           from the workdir's latest checkpoint)
+  supervise  bring the job up (create, or start it on an ACTIVE resource) and
+          keep it going until it finishes: a preempted, suspended or failed
+          queued resource is recreated and the job rerun (it resumes), with a
+          restart budget and backoff (launch/supervise.py)
   logs    copy each worker's output to --log_dir/<node>/<worker>.log
   delete  delete the queued resource and its TPU VMs
 
@@ -33,9 +37,9 @@ import time
 
 from absl import flags
 
-from launch import preflight
+from launch import preflight, supervise
 
-ACTIONS = ("submit", "create", "run", "logs", "delete")
+ACTIONS = ("submit", "create", "run", "supervise", "logs", "delete")
 # TPU VM software images (Cloud TPU docs, "TPU software versions").
 RUNTIME_VERSIONS = {"v4": "tpu-ubuntu2204-base", "v5e": "v2-alpha-tpuv5-lite",
                     "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
@@ -61,6 +65,12 @@ def define_flags(fv: flags.FlagValues):
       "`service_account`); default: the project's Compute Engine one.", flag_values=fv)
   flags.DEFINE_float("poll_interval_s", 60.0,
                      "Seconds between queued-resource state checks.", flag_values=fv)
+  flags.DEFINE_integer("max_restarts", 20, "supervise: recoveries before giving up.",
+                       lower_bound=0, flag_values=fv)
+  flags.DEFINE_float("restart_backoff_s", 60.0, "supervise: wait before the first "
+                     "recovery, doubling with each.", lower_bound=0, flag_values=fv)
+  flags.DEFINE_float("max_backoff_s", 1800.0, "supervise: the longest wait before a "
+                     "recovery.", lower_bound=0, flag_values=fv)
 
 
 def nodes(name: str, num_slices: int) -> list[str]:
@@ -92,12 +102,15 @@ def create_command(fv, job: preflight.Job) -> list[str]:
   return argv + CAPACITY_FLAGS[fv["capacity"].value]
 
 
+def _describe(fv, name: str) -> list[str]:
+  return ["gcloud", "compute", "tpus", "queued-resources", "describe", name,
+          *_where(fv), "--format=value(state.state)"]
+
+
 def wait_until_active(fv, name: str):
   """Polls the queued resource until ACTIVE; raises if it can no longer get there."""
-  describe = ["gcloud", "compute", "tpus", "queued-resources", "describe", name,
-              *_where(fv), "--format=value(state.state)"]
   while True:
-    state = preflight.output(describe).strip()
+    state = preflight.output(_describe(fv, name)).strip()
     print(f"queued resource {name}: {state}", flush=True)
     if state == "ACTIVE":
       return
@@ -150,10 +163,27 @@ def run_command(fv, job: preflight.Job) -> str:
     # MEGASCALE/metadata settings, as on the VM itself.
     return (f"sudo docker rm -f {job.name} >/dev/null 2>&1; sudo docker run -d "
             f"--name={job.name} --privileged --net=host {shlex.quote(image)} {train}")
+  # The exit status goes to ~/<name>.exit, for `supervise` to read.
   train = shlex.join(job.train_argv(python=".venv/bin/python"))
-  pid = f"~/{job.name}.pid"
-  return (f"kill $(cat {pid} 2>/dev/null) 2>/dev/null; cd {_REMOTE_DIR} && "
-          f"(setsid nohup {train} > ~/{job.name}.log 2>&1 < /dev/null & echo $! > {pid})")
+  pid, done = f"~/{job.name}.pid", f"~/{job.name}.exit"
+  return (f"kill $(cat {pid} 2>/dev/null) 2>/dev/null; rm -f {done}; cd {_REMOTE_DIR} && "
+          f"(setsid nohup sh -c {shlex.quote(f'{train}; echo $? > {done}')} "
+          f"> ~/{job.name}.log 2>&1 < /dev/null & echo $! > {pid})")
+
+
+def status_command(fv, name: str) -> list[str]:
+  """Asks worker 0 of the first slice whether the job runs: it prints
+  `running`, `exited <code>` or `gone`."""
+  if fv["image"].value:
+    check = (f"sudo docker inspect -f '{{{{.State.Status}}}} {{{{.State.ExitCode}}}}' {name} "
+             "2>/dev/null || echo gone")
+  else:
+    check = (f"if kill -0 $(cat ~/{name}.pid 2>/dev/null) 2>/dev/null; then echo running; "
+             f"elif [ -f ~/{name}.exit ]; then echo exited $(cat ~/{name}.exit); "
+             "else echo gone; fi")
+  node = nodes(name, fv["num_slices"].value)[0]
+  return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", node, *_where(fv), "--worker=0",
+          f"--command={check}"]
 
 
 def log_command(fv, name: str) -> str:
@@ -165,8 +195,7 @@ def act(fv, action: str):
   preflight.require(fv, "name", "project", "zone")
   name = preflight.check_name(fv["name"].value)
   if action == "delete":
-    preflight.run(["gcloud", "compute", "tpus", "queued-resources", "delete", name,
-                   *_where(fv), "--force", "--quiet"], dry_run=dry)
+    _delete(fv, name, dry)
     return
   if action == "logs":
     for node in nodes(name, fv["num_slices"].value):
@@ -177,19 +206,49 @@ def act(fv, action: str):
     print(f"one log per worker under {fv['log_dir'].value}/<node>/<worker>.log")
     return
   job = preflight.load_job(fv)  # checks, then the compile-only check
+  if action == "supervise":
+    if dry:
+      raise ValueError("--dry_run does not apply to supervise (it watches a live job)")
+    budget = supervise.Budget(fv["max_restarts"].value, fv["restart_backoff_s"].value,
+                              fv["max_backoff_s"].value)
+
+    def bring_up():
+      _create(fv, job, dry)
+      _start(fv, job, dry)
+
+    supervise.supervise(
+        _describe(fv, job.name), status_command(fv, job.name), bring_up=bring_up,
+        delete=lambda: _delete(fv, job.name, dry), start_job=lambda: _start(fv, job, dry),
+        budget=budget, poll_interval_s=fv["poll_interval_s"].value, name=job.name)
+    return
   if action in ("submit", "create"):
-    preflight.run(create_command(fv, job), dry_run=dry)
-    if not dry:
-      wait_until_active(fv, job.name)
-    with tempfile.TemporaryDirectory() as tmp:
-      tarball = None if fv["image"].value else source_tarball(tmp)
-      for commands in install_commands(fv, job, tarball):
-        preflight.run_all(commands, dry_run=dry)
+    _create(fv, job, dry)
   if action in ("submit", "run"):
-    preflight.run_all([_ssh(fv, node, run_command(fv, job))
-                       for node in nodes(job.name, job.num_slices)], dry_run=dry)
-    if not dry:
-      preflight.print_started(job, f"started on {job.hosts} hosts")
+    _start(fv, job, dry)
+
+
+def _delete(fv, name: str, dry: bool):
+  preflight.run(["gcloud", "compute", "tpus", "queued-resources", "delete", name,
+                 *_where(fv), "--force", "--quiet"], dry_run=dry)
+
+
+def _create(fv, job: preflight.Job, dry: bool):
+  """Creates the queued resource, waits until ACTIVE, installs the trainer."""
+  preflight.run(create_command(fv, job), dry_run=dry)
+  if not dry:
+    wait_until_active(fv, job.name)
+  with tempfile.TemporaryDirectory() as tmp:
+    tarball = None if fv["image"].value else source_tarball(tmp)
+    for commands in install_commands(fv, job, tarball):
+      preflight.run_all(commands, dry_run=dry)
+
+
+def _start(fv, job: preflight.Job, dry: bool):
+  """Starts (or restarts) training on every worker of every slice."""
+  preflight.run_all([_ssh(fv, node, run_command(fv, job))
+                     for node in nodes(job.name, job.num_slices)], dry_run=dry)
+  if not dry:
+    preflight.print_started(job, f"started on {job.hosts} hosts")
 
 
 def main(argv: list[str]) -> int:

@@ -31,12 +31,20 @@ import json, os, shutil, sys
 args = sys.argv[1:]
 with open(os.environ["FAKE_LOG"], "a") as f:
   f.write(json.dumps([os.path.basename(sys.argv[0]), *args]) + "\\n")
+def next_answer(variable):
+  # The first of a file's answers; the last one repeats.
+  with open(os.environ[variable]) as f:
+    answers = f.read().split()
+  with open(os.environ[variable], "w") as f:
+    f.write(" ".join(answers[1:] or answers))
+  return answers[0]
 if args[:4] == ["compute", "tpus", "queued-resources", "describe"]:
-  with open(os.environ["FAKE_STATES"]) as f:
-    states = f.read().split()
-  print(states[0])
-  with open(os.environ["FAKE_STATES"], "w") as f:
-    f.write(" ".join(states[1:] or states))
+  state = next_answer("FAKE_STATES")
+  if state == "NOT_FOUND":
+    sys.exit("ERROR: (gcloud) NOT_FOUND: queued resource not found")
+  print(state)
+if args[:4] == ["compute", "tpus", "tpu-vm", "ssh"] and "--worker=0" in args:
+  print(next_answer("FAKE_JOB").replace("_", " "))  # running, exited_0, gone
 if args[:4] == ["compute", "tpus", "tpu-vm", "scp"]:
   shutil.copy(args[4], os.environ["FAKE_COPY"])
 for arg in args:
@@ -56,6 +64,7 @@ class FakeCloud:
     self.log = directory / "calls.jsonl"
     self.states = directory / "states"
     self.copy = directory / "copied.tar.gz"
+    self.job = directory / "job"
     self.log.touch()
 
   def calls(self) -> list[list[str]]:
@@ -76,6 +85,7 @@ def cloud(tmp_path, monkeypatch) -> FakeCloud:
   monkeypatch.setenv("FAKE_LOG", str(fake.log))
   monkeypatch.setenv("FAKE_STATES", str(fake.states))
   monkeypatch.setenv("FAKE_COPY", str(fake.copy))
+  monkeypatch.setenv("FAKE_JOB", str(fake.job))
   monkeypatch.chdir(ROOT)  # config paths are relative to the repository root
   return fake
 
@@ -163,6 +173,60 @@ def test_tpu_vm_stops_when_the_queued_resource_fails(cloud, capsys):
   assert tpu_vm.main(argv) == 1
   assert "queued resource griffin-14b is FAILED" in capsys.readouterr().err
   assert [call[4] for call in cloud.calls()] == ["create", "describe", "describe"]
+
+
+SUPERVISE = ["tpu_vm", *JOB_14B, f"--image={IMAGE}", "--poll_interval_s=0",
+             "--restart_backoff_s=0", "--skip_aot_check", "supervise"]
+
+
+def _steps(calls) -> list[str]:
+  """The supervisor's story: create/describe/delete of the queued resource,
+  `pull`, `run` (both slices) and `status` (worker 0)."""
+  story = []
+  for call in calls:
+    if call[3] == "queued-resources":
+      story.append(call[4])
+    else:
+      command = call[-1]
+      story.append("status" if "--worker=0" in call else
+                   "pull" if "docker pull" in command else "run")
+  return [s for i, s in enumerate(story) if i == 0 or s not in ("pull", "run")
+          or story[i - 1] != s]  # one entry per round over the slices
+
+
+def test_supervise_recreates_a_preempted_resource_and_reruns_the_job(cloud, capsys):
+  cloud.states.write_text("NOT_FOUND ACTIVE ACTIVE SUSPENDED ACTIVE ACTIVE")
+  cloud.job.write_text("running exited_0")
+  assert tpu_vm.main(SUPERVISE) == 0, capsys.readouterr().err
+  assert _steps(cloud.calls()) == [
+      "describe", "create", "describe", "pull", "run",  # brought up
+      "describe", "status",  # ACTIVE, running
+      "describe", "delete", "create", "describe", "pull", "run",  # SUSPENDED: recreated
+      "describe", "status"]  # exit 0
+  out = capsys.readouterr().out
+  assert "restart 1 of 20 in 0 s: queued resource griffin-14b is SUSPENDED" in out
+  assert "finished (exit 0) after 1 restarts" in out
+
+
+def test_supervise_reruns_a_crashed_job_and_stops_when_the_budget_is_spent(cloud, capsys):
+  cloud.states.write_text("ACTIVE")
+  cloud.job.write_text("running exited_1 gone")
+  assert tpu_vm.main([*SUPERVISE[:-1], "--max_restarts=2", "supervise"]) == 1
+  assert _steps(cloud.calls()) == ["describe", "status",  # already training: watch it
+                                   "describe", "status", "run",  # exited 1: rerun
+                                   "describe", "status", "run",  # gone: rerun
+                                   "describe", "status"]
+  assert ("gave up after 2 restarts (--max_restarts=2): the job on griffin-14b is not "
+          "running") in capsys.readouterr().err
+
+
+def test_supervise_gives_up_on_a_resource_that_fails_to_provision(cloud, capsys):
+  cloud.states.write_text("NOT_FOUND WAITING_FOR_RESOURCES FAILED")
+  assert tpu_vm.main([*SUPERVISE[:-1], "--max_restarts=1", "supervise"]) == 1
+  assert _steps(cloud.calls()) == ["describe", "create", "describe", "describe",
+                                   "delete", "create", "describe"]
+  assert ("gave up after 1 restarts (--max_restarts=1): queued resource griffin-14b is "
+          "FAILED; delete it") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("dry_run", [False, True])
