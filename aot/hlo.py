@@ -12,7 +12,7 @@ What the TPU compiler prints, and how it is read:
     done): it is one transfer, counted once per executing computation.
   - Fused computations run where their fusion instruction runs; while bodies
     run `trip count` times (the loop condition's `constant(N)` compared LT
-    with a counter from 0, or `known_trip_count` where XLA prints it).
+    with a counter from its start, or `known_trip_count` where XLA prints it).
   - Replica groups come in three spellings: explicit `{{0,1},{2,3}}`, iota
     `[2,4]<=[4,2]T(1,0)`, and mesh `mesh['axis_0'=4,'axis_1'=2],
     device_ids=([2,4]T(1,0)) {'axis_0'}`. Ids index the executable's device
@@ -96,9 +96,13 @@ def split_computations(hlo_text: str) -> tuple[dict[str, list[str]], str]:
   return computations, entry
 
 
-def trip_count(condition_lines: list[str], while_line: str) -> int:
+def trip_count(condition_lines: list[str], while_line: str,
+               caller_lines: list[str] = ()) -> int:
   """Iterations of a while loop: XLA's known_trip_count, else the bound of
-  the `counter < N` compare in its condition (lax.scan's loops count 0..N-1)."""
+  the `counter < N` compare in its condition less the counter's start. The
+  start is 0 for lax.scan's loops; a loop XLA peeled (its first iteration
+  moved out, as libtpu does to the backward scan of a multi-slice step)
+  starts at 1, read from the constant its `caller_lines` feed it."""
   known = re.search(r'"known_trip_count":\{"n":"(\d+)"', while_line)
   if known:
     return int(known.group(1))
@@ -107,7 +111,28 @@ def trip_count(condition_lines: list[str], while_line: str) -> int:
   if len(constants) != 1 or not any("direction=LT" in line for line in condition_lines):
     raise ValueError("cannot read the trip count of a while loop: its condition is not "
                      f"`counter < constant` (constants {constants}): {while_line[:200]}")
-  return constants[0]
+  return constants[0] - _counter_start(condition_lines, while_line, caller_lines)
+
+
+def _counter_start(condition_lines: list[str], while_line: str, caller_lines) -> int:
+  """The constant the loop's counter starts from (0 where it cannot be traced:
+  lax.scan's own loops)."""
+  index = next((re.search(r"index=(\d+)", line) for line in condition_lines
+                if re.search(r"= [su](?:32|64)\[\]\S* get-tuple-element\(", line)), None)
+  init = re.search(r" while\((%[\w.\-]+)\)", while_line)
+  if not index or not init:
+    return 0
+  defined = {m.group(1): m for m in map(_INSTRUCTION.match, caller_lines) if m}
+  value = defined.get(init.group(1))
+  if value is None or value.group(3) != "tuple":
+    return 0
+  operand = _operands(value)[int(index.group(1))]
+  while operand in defined and defined[operand].group(3) == "copy":
+    operand = _operands(defined[operand])[0]
+  constant = defined.get(operand)
+  if constant is None or constant.group(3) != "constant":
+    return 0
+  return int(re.match(r"(-?\d+)\)", constant.group(4)).group(1))
 
 
 def _iota(dims: list[int], perm: list[int] | None) -> np.ndarray:
@@ -184,7 +209,7 @@ def _execution_contexts(computations: dict[str, list[str]],
           continue
         if opcode == "while" and role == "body":
           condition = re.search(r"condition=(%[\w.\-]+)", line).group(1)
-          trips = trip_count(computations[condition], line)
+          trips = trip_count(computations[condition], line, computations[name])
           context[callee] = (callee, runs * trips, True)
         elif opcode == "while" or role == "to_apply" and opcode != "call":
           context[callee] = (callee, runs, in_loop)  # conditions, reducers
@@ -321,7 +346,7 @@ def while_loops(hlo_text: str) -> list[tuple[str, int]]:
       if instruction and instruction.group(3) == "while":
         body = re.search(r"body=(%[\w.\-]+)", line).group(1)
         condition = re.search(r"condition=(%[\w.\-]+)", line).group(1)
-        loops.append((body, trip_count(computations[condition], line)))
+        loops.append((body, trip_count(computations[condition], line, lines)))
   return loops
 
 

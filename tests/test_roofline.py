@@ -209,6 +209,19 @@ def test_visited_blocks_are_those_the_dense_mask_touches(T, window, block):
   assert splash_attention.visited_blocks(T, window, block) == touched
 
 
+def test_a_peeled_loop_counts_from_its_counters_start():
+  """libtpu peels the first iteration of a multi-slice step's backward scan
+  out of the loop (to pipeline the gradients' DCN all-reduce): the counter
+  then starts at 1, through a copy, and the loop runs one trip less."""
+  peeled = MODULE.replace(
+      "  %w = (s32[], f32[8]{0}) while(%t0)",
+      "  %one = s32[] constant(1)\n  %start = s32[] copy(%one)\n"
+      "  %t0 = (s32[], f32[8]{0}) tuple(%start, %a)\n  %w = (s32[], f32[8]{0}) while(%t0)")
+  assert hlo.while_loops(MODULE) == [("%body", 5)]
+  assert hlo.while_loops(peeled) == [("%body", 4)]
+  assert [c.runs for c in hlo.collectives(peeled, 8) if c.in_loop] == [4]
+
+
 def test_a_loop_that_is_not_counter_below_constant_is_an_error():
   odd = MODULE.replace("direction=LT", "direction=NE")
   with pytest.raises(ValueError, match="trip count"):
