@@ -1,13 +1,18 @@
 """Step metrics: throughput per device from the time between logged steps,
-with evaluations left out."""
+with evaluations left out; metrics writes that fail; the goodput report."""
 
 import json
+import pathlib
+import subprocess
+import sys
 import types
 
 import jax
 import pytest
 
-from trainer import metrics
+from trainer import goodput, metrics
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_throughput_leaves_out_the_time_evaluations_take(tmp_path, monkeypatch):
@@ -45,3 +50,36 @@ def test_a_refused_metrics_write_never_ends_the_run(healthy_gcs, gcs_bucket):
   writer.close()
   assert sorted(metrics.read_records(workdir)) == [1, 2, 3]
   assert writer.failed_writes == 1
+
+
+def _run_record(start, end, resumed, first, last, steps_s, **seconds):
+  phases = {p: seconds.get(p, 0.0) for p in goodput.PHASES}
+  return {"process_start": start, "recorded_at": end, "resumed_from": resumed,
+          "first_step": first, "last_step": last, "steps_seconds": steps_s,
+          "redone_steps": 0, "seconds": phases}
+
+
+def test_goodput_counts_steps_trained_again_and_the_time_between_runs(tmp_path):
+  """Run A trains steps 1-10 (5 s each) and dies; run B resumes from step 6:
+  A's steps 7-10 were trained again (20 s redone), 10 s passed with no run."""
+  records = tmp_path / "goodput"
+  records.mkdir()
+  (records / "a.json").write_text(json.dumps(_run_record(
+      0, 100, None, 1, 10, 50.0, startup=10, compile=20, checkpoint=5, data=5)))
+  (records / "b.json").write_text(json.dumps(_run_record(
+      110, 200, 6, 7, 20, 70.0, startup=5, restore=2, compile=3, checkpoint=5,
+      evaluation=5)))
+  r = goodput.report(str(tmp_path))
+  assert r["wall_s"] == 200 and r["productive_s"] == 100 and r["goodput"] == 0.5
+  assert r["badput_s"] == {"startup": 15, "restore": 2, "compile": 23, "checkpoint": 10,
+                           "data": 5, "evaluation": 5, "redone": 20, "down": 10}
+  assert r["other_s"] == 10
+  done = subprocess.run([sys.executable, "-m", "trainer.goodput", f"--workdir={tmp_path}"],
+                        capture_output=True, text=True, cwd=ROOT)
+  assert done.returncode == 0 and done.stdout.startswith(
+      "goodput 50.0%: 100.0 s of productive steps in 200.0 s of wall time over 2 run(s)")
+  done = subprocess.run([sys.executable, "-m", "trainer.goodput", f"--workdir={records}"],
+                        capture_output=True, text=True, cwd=ROOT)
+  assert done.returncode == 1 and done.stderr.strip() == (
+      f"trainer.goodput: no goodput records in {records}/goodput; they are written by "
+      "python -m trainer.train runs")

@@ -17,6 +17,7 @@ from tests.cpu_devices import xla_flags
 from tests.test_reliability import OVERRIDES, ROOT, assert_same_curve
 from trainer.checkpoint import committed_steps
 from trainer.metrics import read_records as records
+from trainer import goodput
 from trainer.train_loop import PreemptionTimeoutError, StopFlag, commit_within_grace
 
 
@@ -103,6 +104,13 @@ def test_kills_and_a_preemption_leave_the_loss_curve_bit_identical(tmp_path):
   assert sorted(got) == sorted(want) == list(range(1, steps + 1))
   for step, logged in got.items():
     assert_same_curve(logged, [want[step]] * len(logged), keys=("loss", "grad_norm"))
+  # The goodput records of the four runs: run 1's steps after step 2 were
+  # trained again, and every restart left time with no run alive.
+  accounting = goodput.report(str(chain))
+  assert accounting["runs"] == 4
+  assert accounting["badput_s"]["redone"] > 0 and accounting["badput_s"]["down"] > 0
+  assert 0 < accounting["goodput"] < 1
+  assert re.search(r"goodput \d+\.\d%: .* over 4 run\(s\)", run.log())
 
 
 

@@ -130,6 +130,10 @@ class RunConfig:
   spike_window: int = 100
   spike_action: SpikeAction = SpikeAction.SKIP
   max_spikes: int = 10  # stop the run when more steps than this were spikes
+  # JAX's persistent compilation cache in <workdir>/compilation_cache (gs://
+  # too), so a restarted run loads its programs instead of compiling them;
+  # a cache already configured (JAX_COMPILATION_CACHE_DIR) is left as it is.
+  compilation_cache: bool = True
 
   def __post_init__(self):
     check_ints("run", self, 1, "steps", "log_every_steps", "eval_steps")
@@ -141,6 +145,8 @@ class RunConfig:
         or not math.isfinite(factor) or not (factor == 0 or factor > 1)):
       raise ValueError(f"run.spike_factor={factor!r} must be 0 (off) or a number > 1, "
                        "e.g. 3: a loss above 3x its running median is a spike.")
+    if not isinstance(self.compilation_cache, bool):
+      raise ValueError(f"run.compilation_cache={self.compilation_cache!r} must be a bool.")
     if not isinstance(self.spike_action, SpikeAction):
       raise ValueError(f"run.spike_action={self.spike_action!r} is not one of "
                        f"{[e.value for e in SpikeAction]}.")

@@ -18,6 +18,7 @@ from sharding import rules
 from trainer.checkpoint import (Checkpointer, check_step_dir, committed_steps, restore_params,
                                 restore_state)
 from trainer import config as config_lib
+from trainer import goodput
 from trainer import lm_eval_lib
 from trainer.config import Config, NonFinite, OnCorrupt, SpikeAction
 from trainer.integrity import CorruptCheckpointError
@@ -196,13 +197,19 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   mesh, train_step = program.mesh, program.train_step
   checkpointer = Checkpointer(workdir, config.checkpoint)
   progress = Progress(config.run.steps, jax.device_count(), enabled=jax.process_index() == 0)
-  state, counters = initial_state(config, program, checkpointer, data_iterator,
-                                  init_from, init_params_from, progress)
+  recorder = goodput.Recorder(workdir, enabled=jax.process_index() == 0)
+  recorder.since_start("startup")
+  with recorder.phase("restore"):
+    state, counters = initial_state(config, program, checkpointer, data_iterator,
+                                    init_from, init_params_from, progress)
+  if checkpointer.latest_step() is not None:  # resumed this run's own step
+    recorder.record["resumed_from"] = int(state.step)
   skip = config.run.on_non_finite == NonFinite.SKIP
   skipped_steps = counters.get("skipped_steps", 0)
   guard = SpikeGuard(config.run.spike_factor, config.run.spike_window, counters)
   rollback = guard.enabled and config.run.spike_action == SpikeAction.ROLLBACK
-  train_step.compile_now(state, (config.data.global_batch_size, config.data.seq_len))
+  with recorder.phase("compile"):
+    train_step.compile_now(state, (config.data.global_batch_size, config.data.seq_len))
   barrier("griffin: train step compiled")
   row = rules.batch_sharding(mesh)
   tokens = config.data.global_batch_size * config.data.seq_len
@@ -246,6 +253,8 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
     # Step 1 too: the first loss tells at once whether the run starts where it should.
     if step % config.run.log_every_steps == 0 or step in (1, config.run.steps):
       progress.interval(writer.write(step, metrics))
+      recorder.steps(step)
+      recorder.flush()
 
   def roll_back(at: int, dispatched: int) -> TrainState:
     """The state of the newest committed step before the spike at `at`; the
@@ -270,8 +279,9 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
       jax.profiler.start_trace(str(epath.Path(workdir) / "profile"))
       tracing = True
     nonlocal dispatched
-    state, metrics = train_step(state, *device_batch(row, next(data_iterator)),
-                                limits_2=guard.limits(step + 1))
+    with recorder.phase("data"):
+      batch = device_batch(row, next(data_iterator))
+    state, metrics = train_step(state, *batch, limits_2=guard.limits(step + 1))
     step = dispatched = step + 1
     if pending:
       settle(pending)  # the previous step's numbers, now that this one is queued
@@ -298,6 +308,7 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
                                **{f"eval_loss_{name}": source["loss"]
                                   for name, source in by_source.items()},
                                "eval_seconds": seconds}, seconds)
+      recorder.add("evaluation", seconds)
     if harness and step % config.run.lm_eval_every_steps == 0:
       start = evaluation_start(state)
       scores = harness(state.params, program.setup.graphdef, mesh)
@@ -306,28 +317,34 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
           f"{k.removeprefix('lm_eval/')} {v:.4f}" for k, v in scores.items())
           + f" ({seconds:.1f} s)")
       writer.write_eval(step, {**scores, "lm_eval_seconds": seconds}, seconds)
+      recorder.add("evaluation", seconds)
     if step % config.checkpoint.save_every_steps == 0 or step == config.run.steps or stop:
       settle(pending)  # never checkpoint a state whose loss was not finite
       pending = None
-      if stop.signal_time is not None:  # the wait for the save before counts too
-        commit_within_grace(checkpointer, stop, config.checkpoint.preemption_grace_s)
-      checkpointer.save(step, state, data_iterator, config_json,
-                        {"skipped_steps": skipped_steps,
-                         **(guard.counters() if guard.enabled else {})})
+      with recorder.phase("checkpoint"):
+        if stop.signal_time is not None:  # the wait for the save before counts too
+          commit_within_grace(checkpointer, stop, config.checkpoint.preemption_grace_s)
+        checkpointer.save(step, state, data_iterator, config_json,
+                          {"skipped_steps": skipped_steps,
+                           **(guard.counters() if guard.enabled else {})})
       progress.event(f"checkpoint: saving step {step} to {checkpointer.directory}/{step}")
     return state, step, pending
 
   step = dispatched = int(state.step)
   tracing = False
+  recorder.loop_starts()
   try:
     while step < config.run.steps and not stop:
       try:
         state, step, pending = run_one_step(state, step, pending)
       except _Rollback as spike:
-        state, pending = roll_back(spike.step, dispatched), None
+        with recorder.phase("restore"):
+          state, pending = roll_back(spike.step, dispatched), None
+        recorder.rolled_back(dispatched - int(state.step))
         step = dispatched = int(state.step)
     if pending:
       settle(pending)
+    recorder.steps(step)
     if stop.signal_time is not None:
       committed = commit_within_grace(checkpointer, stop, config.checkpoint.preemption_grace_s)
       progress.event(f"SIGTERM: step "
@@ -340,7 +357,9 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
     # On an error, the save in flight gets the preemption grace to commit:
     # storage that is gone would hold the exit for as long as its clients retry.
     grace = config.checkpoint.preemption_grace_s if sys.exc_info()[1] else None
-    close_all(lambda: checkpointer.close(grace), writer.close, progress.close)
+    close_all(lambda: checkpointer.close(grace), writer.close, recorder.flush, progress.close)
+  if recorder.enabled:
+    progress.event(goodput.format_report(goodput.report(workdir)))
   return history
 
 
