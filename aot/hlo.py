@@ -301,11 +301,13 @@ def _is_scatter_by_sum(instruction: re.Match, computations: dict[str, list[str]]
   return True
 
 
-def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
+def collectives(hlo_text: str, num_devices: int, num_slices: int = 1) -> list[Collective]:
   """Every collective transfer of the module, once per executing computation.
   An all-reduce that only assembles shards (`_is_gather_by_sum`) or of which
   each device keeps its share (`_is_scatter_by_sum`) is counted as the
-  all-gather or reduce-scatter it is."""
+  all-gather or reduce-scatter it is. Across `num_slices` slices libtpu
+  all-reduces over DCN with host transfers (`send` marked as a megascale
+  ALL_REDUCE): each is an all-reduce of its buffer over one chip per slice."""
   computations, entry = split_computations(hlo_text)
   context = _execution_contexts(computations, entry)
   found: dict[tuple[str, str], Collective] = {}
@@ -317,6 +319,13 @@ def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
         continue
       opcode = instruction.group(3)
       kind = opcode.removesuffix("-start")
+      if opcode == "send" and '_xla_megascale_transfer_type="ALL_REDUCE"' in line:
+        per_slice = num_devices // num_slices
+        channel = re.search(r"channel_id=(\d+)", line).group(1)
+        found[(executing, f"dcn{channel}")] = Collective(
+            "all-reduce", array_bytes(instruction.group(2))[0],
+            tuple(i * per_slice for i in range(num_slices)), runs, in_loop, executing)
+        continue
       if kind not in KINDS or opcode.endswith("-done"):
         continue
       group = first_group(line, num_devices)

@@ -72,7 +72,8 @@ def measure(hlo_text: str, cost: dict, devices: list, tpu: topologies.TpuType,
   for where in ("outside", "loop"):
     for figure in ("ici_bytes", "comm_seconds", "kernel_flops", "kernel_bytes"):
       figures[f"{figure}_{where}"] = 0.0
-  for c in hlo.collectives(hlo_text, len(devices)):
+  slices = len({getattr(d, "slice_index", 0) for d in devices})
+  for c in hlo.collectives(hlo_text, len(devices), slices):
     where = "loop" if c.in_loop else "outside"
     figures[f"ici_bytes_{where}"] += c.traffic_bytes * c.runs
     figures[f"comm_seconds_{where}"] += (

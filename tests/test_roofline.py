@@ -4,6 +4,7 @@ directly compiled model, the roofline's arithmetic, the HLO reading of
 collectives and loops, and bad input. No timing asserted."""
 
 import dataclasses
+import types
 
 import numpy as np
 import pytest
@@ -220,6 +221,21 @@ def test_a_peeled_loop_counts_from_its_counters_start():
   assert hlo.while_loops(MODULE) == [("%body", 5)]
   assert hlo.while_loops(peeled) == [("%body", 4)]
   assert [c.runs for c in hlo.collectives(peeled, 8) if c.in_loop] == [4]
+
+
+def test_a_dcn_all_reduce_is_a_megascale_host_transfer_priced_at_dcn_bandwidth():
+  """Across slices libtpu all-reduces with `send`s to the megascale runtime:
+  one all-reduce per send, over one chip of each slice, at DCN speed."""
+  dcn = MODULE.replace("  ROOT %r = f32[8]{0} get-tuple-element(%w), index=1", (
+      "  %s = (f32[1024]{0}, u32[], token[]) send(%a, %tok), channel_id=9, is_host_transfer="
+      "true, frontend_attributes={_xla_megascale_reduce_operation=\"SUM\",_xla_megascale_"
+      "transfer_type=\"ALL_REDUCE\"}\n  ROOT %r = f32[8]{0} get-tuple-element(%w), index=1"))
+  found = [c for c in hlo.collectives(dcn, 8, num_slices=2) if c.group == (0, 4)]
+  assert [(c.kind, c.full_bytes, c.runs, c.in_loop) for c in found] == [
+      ("all-reduce", 4096, 1, False)]
+  chip = topologies.get("v5p-8").generation
+  devices = [types.SimpleNamespace(slice_index=i // 4, coords=(i % 4, 0, 0)) for i in range(8)]
+  assert step_time.group_seconds(found[0], devices, chip) == 4096 / chip.dcn
 
 
 def test_a_loop_that_is_not_counter_below_constant_is_an_error():
