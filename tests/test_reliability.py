@@ -125,36 +125,36 @@ def test_a_non_finite_update_is_skipped_counted_and_resumed_exactly(source_run, 
 
 
 def test_a_spike_is_skipped_or_rolled_back_past_its_batch(tmp_path):
-  """Step 6's batch is one token repeated (finite loss, gradient norm 20x
-  the median). `skip` drops its update in the compiled step; `rollback`
-  restores step 5 and goes on with the batch after it. Either way the model
-  never learns from that batch: the rollback run's steps 6 and 7 are the skip
-  run's 7 and 8, bit for bit (the skipped step kept the optimizer's count
+  """Step 4's batch is one token repeated (finite loss, gradient norm over
+  10x the median). `skip` drops its update in the compiled step; `rollback`
+  restores step 3 and goes on with the batch after it. Either way the model
+  never learns from that batch: the rollback run's steps 4 and 5 are the skip
+  run's 5 and 6, bit for bit (the skipped step kept the optimizer's count
   too), and the event is counted and saved with the run."""
-  def spike_at_6(i, batch):
-    return {**batch, "tokens": np.full_like(batch["tokens"], 255)} if i == 5 else batch
+  def spike_at_4(i, batch):
+    return {**batch, "tokens": np.full_like(batch["tokens"], 255)} if i == 3 else batch
 
   runs = {}
   for action in ("skip", "rollback"):
-    # Rolling back needs step 5 saved; a save every step also reads each
+    # Rolling back needs step 3 saved; a save every step also reads each
     # step's metrics before the next is dispatched (one batch skipped).
-    config = make_config(**{"run.steps": 8, "run.spike_factor": 1.5,
-                            "run.spike_window": 3, "run.spike_action": action,
-                            "checkpoint.save_every_steps": 1 if action == "rollback" else 8})
+    config = make_config(**{"run.steps": 6, "run.spike_factor": 1.5,
+                            "run.spike_window": 2, "run.spike_action": action,
+                            "checkpoint.save_every_steps": 1 if action == "rollback" else 6})
     workdir = tmp_path / action
-    runs[action] = run_steps(config, str(workdir), Hooked(make_train_iterator(config), spike_at_6))
-    saved = json.loads((workdir / "checkpoints" / "8" / "counters" / "metadata").read_text())
+    runs[action] = run_steps(config, str(workdir), Hooked(make_train_iterator(config), spike_at_4))
+    saved = json.loads((workdir / "checkpoints" / "6" / "counters" / "metadata").read_text())
     assert saved["spikes"] == 1
   skip, rolled = runs["skip"], runs["rollback"]
-  assert [r["spike"] for r in skip] == [0, 0, 0, 0, 0, 1, 0, 0]
-  assert skip[5]["grad_norm"] > 10 * np.median([r["grad_norm"] for r in skip[:5]])
-  assert [r["step"] for r in rolled] == list(range(1, 9))  # the spike's record is not kept
-  assert_same_curve(rolled[:5], skip[:5], keys=("loss", "grad_norm"))
-  np.testing.assert_array_equal([(r["loss"], r["grad_norm"]) for r in rolled[5:7]],
-                                [(r["loss"], r["grad_norm"]) for r in skip[6:8]])
-  saved = json.loads((tmp_path / "rollback" / "checkpoints" / "8" / "counters" / "metadata")
+  assert [r["spike"] for r in skip] == [0, 0, 0, 1, 0, 0]
+  assert skip[3]["grad_norm"] > 10 * np.median([r["grad_norm"] for r in skip[:3]])
+  assert [r["step"] for r in rolled] == list(range(1, 7))  # the spike's record is not kept
+  assert_same_curve(rolled[:3], skip[:3], keys=("loss", "grad_norm"))
+  np.testing.assert_array_equal([(r["loss"], r["grad_norm"]) for r in rolled[3:5]],
+                                [(r["loss"], r["grad_norm"]) for r in skip[4:6]])
+  saved = json.loads((tmp_path / "rollback" / "checkpoints" / "6" / "counters" / "metadata")
                      .read_text())
-  assert saved["rollbacks"] == [{"at": 6, "to": 5, "batches_skipped": 1}]
+  assert saved["rollbacks"] == [{"at": 4, "to": 3, "batches_skipped": 1}]
   assert rolled[-1]["spikes"] == 1
 
 
