@@ -50,12 +50,15 @@ class Recorder:
     self.enabled = enabled
     self.path = epath.Path(workdir) / "goodput" / (
         f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.json")
-    # resumed_from: the step of this workdir the run restored (None: a fresh start).
     self.record = {"process_start": process_start_time(), "resumed_from": None,
                    "first_step": None, "last_step": None, "steps_seconds": 0.0,
                    "redone_steps": 0, "seconds": {p: 0.0 for p in PHASES}}
     self._in_phases = 0.0
     self.loop_starts()
+
+  def resumed_from(self, step: int):
+    """This run restored `step` of its workdir (its steps after that are new)."""
+    self.record["resumed_from"] = step
 
   @contextlib.contextmanager
   def phase(self, name: str):

@@ -203,7 +203,7 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
     state, counters = initial_state(config, program, checkpointer, data_iterator,
                                     init_from, init_params_from, progress)
   if checkpointer.latest_step() is not None:  # resumed this run's own step
-    recorder.record["resumed_from"] = int(state.step)
+    recorder.resumed_from(int(state.step))
   skip = config.run.on_non_finite == NonFinite.SKIP
   skipped_steps = counters.get("skipped_steps", 0)
   guard = SpikeGuard(config.run.spike_factor, config.run.spike_window, counters)
