@@ -56,7 +56,7 @@ def check_step_dir(path: str, flag: str = ""):
                    f"(no {STATE}/ in it); give <workdir>/checkpoints/<step>{found}")
 
 
-def damaged(step_dir, cause: str, advice: str) -> ValueError:
+def damaged(step_dir, cause: str, advice: str) -> CorruptCheckpointError:
   """The one error for a step that cannot be read, with what would work."""
   return CorruptCheckpointError(f"checkpoint {step_dir} cannot be read: {cause}. It is "
                                 f"damaged (a truncated, corrupt or missing file); {advice}")
