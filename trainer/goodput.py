@@ -10,7 +10,7 @@ all of them, so it covers every restart:
   wall        from the first run's process start to the last record
   productive  the step time of steps that count (not trained again later)
   badput      start-up (process start to program built: imports, devices,
-              data), restore, compile, checkpoint (saves blocking the loop),
+              data), restore (or a fresh run's initialisation), compile, checkpoint (saves blocking the loop),
               data (waiting for batches), evaluation, redone (steps trained
               again after a restart or rollback), down (no run alive: the
               time between a run's last record and the next start)
@@ -144,9 +144,12 @@ def report(workdir: str) -> dict:
 def format_report(r: dict) -> str:
   lines = [f"goodput {100 * r['goodput']:.1f}%: {r['productive_s']:.1f} s of productive "
            f"steps in {r['wall_s']:.1f} s of wall time over {r['runs']} run(s)"]
+  # A fresh run's initial state is initialised, not restored: the same phase.
+  labels = {"restore": "restore/init"}
   for cause, seconds in sorted(r["badput_s"].items(), key=lambda kv: -kv[1]):
-    lines.append(f"  {cause:<11} {seconds:9.1f} s  {100 * seconds / r['wall_s']:5.1f}%")
-  lines.append(f"  {'other':<11} {r['other_s']:9.1f} s  {100 * r['other_s'] / r['wall_s']:5.1f}%")
+    lines.append(f"  {labels.get(cause, cause):<12} {seconds:9.1f} s  "
+                 f"{100 * seconds / r['wall_s']:5.1f}%")
+  lines.append(f"  {'other':<12} {r['other_s']:9.1f} s  {100 * r['other_s'] / r['wall_s']:5.1f}%")
   return "\n".join(lines)
 
 
