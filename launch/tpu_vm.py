@@ -44,8 +44,6 @@ ACTIONS = ("submit", "create", "run", "supervise", "logs", "delete")
 RUNTIME_VERSIONS = {"v4": "tpu-ubuntu2204-base", "v5e": "v2-alpha-tpuv5-lite",
                     "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
 CAPACITY_FLAGS = {"on_demand": [], "spot": ["--spot"], "reserved": ["--reserved"]}
-# A queued resource in one of these will never become ACTIVE.
-_DEAD_STATES = ("FAILED", "SUSPENDING", "SUSPENDED", "DELETING")
 # Without --image: what `pip install -e .` needs, copied to every worker.
 SOURCE = ("pyproject.toml", "README.md", "aot", "common", "configs", "launch", "model",
           "pipeline", "sharding", "trainer")
@@ -110,11 +108,11 @@ def _describe(fv, name: str) -> list[str]:
 def wait_until_active(fv, name: str):
   """Polls the queued resource until ACTIVE; raises if it can no longer get there."""
   while True:
-    state = preflight.output(_describe(fv, name)).strip()
+    state = supervise.queued_state(_describe(fv, name))  # None: gcloud could not say
     print(f"queued resource {name}: {state}", flush=True)
     if state == "ACTIVE":
       return
-    if state in _DEAD_STATES:
+    if state in supervise.LOST:
       raise RuntimeError(f"queued resource {name} is {state}; delete it (the "
                          "`delete` action) and create it again.")
     time.sleep(fv["poll_interval_s"].value)

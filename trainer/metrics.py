@@ -47,6 +47,7 @@ class MetricsWriter:
       self.tensorboard = tensorboardX.SummaryWriter(str(local))
     self._last_time, self._last_step = None, None
     self.failed_writes = 0
+    self._unwritten = False  # a failed write left metrics.jsonl behind the records
 
   def write(self, step: int, metrics: dict[str, float]) -> dict:
     """Records `metrics` of `step` with tokens/s, TFLOP/s per device and MFU
@@ -80,14 +81,16 @@ class MetricsWriter:
           self.tensorboard.add_scalar(key, value, record["step"])
       self._flush()
 
-  def _flush(self):
+  def _flush(self, jsonl: bool = True):
     """Writes every record so far. A storage error is logged and counted,
     never raised: the records stay in memory for the next write."""
     try:
-      if self._lines:
+      if jsonl and self._lines:
         self._write_jsonl("\n".join(self._lines) + "\n")
+        self._unwritten = False
       self._sync_tensorboard()
     except Exception as e:  # noqa: BLE001 - metrics must never end a run
+      self._unwritten = True
       self.failed_writes += 1
       logging.warning("metrics write to %s failed (%s: %s); training goes on, the next "
                       "write retries (%d failed so far)", self.jsonl.parent,
@@ -112,7 +115,7 @@ class MetricsWriter:
 
   def close(self):
     if self.tensorboard is not None:
-      self._flush()
+      self._flush(jsonl=self._unwritten)  # the file is current unless a write failed
       self.tensorboard.close()
       if self._remote:
         shutil.rmtree(self.tensorboard.logdir, ignore_errors=True)
