@@ -203,10 +203,10 @@ def act(fv, action: str):
                          f"--output-directory={directory}"), dry_run=dry)
     print(f"one log per worker under {fv['log_dir'].value}/<node>/<worker>.log")
     return
+  if action == "supervise" and dry:
+    raise ValueError("--dry_run does not apply to supervise (it watches a live job)")
   job = preflight.load_job(fv)  # checks, then the compile-only check
   if action == "supervise":
-    if dry:
-      raise ValueError("--dry_run does not apply to supervise (it watches a live job)")
     budget = supervise.Budget(fv["max_restarts"].value, fv["restart_backoff_s"].value,
                               fv["max_backoff_s"].value)
 
