@@ -10,12 +10,15 @@ from tests.cpu_devices import xla_flags
 # Must run before jax is imported anywhere: multi-device tests use these.
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {xla_flags(8)}".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One persistent compilation cache for the session, this process and the
-# commands the tests start (they inherit the environment): the many tests that
-# train the same tiny config again (a resumed run, another process) load the
-# compiled program instead of compiling it; it lives only as long as the run.
-_CACHE_DIR = tempfile.mkdtemp(prefix="griffin_test_xla_cache_")
-atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+# One persistent compilation cache for the session: pytest's main process
+# makes it, and the xdist workers and the commands the tests start inherit it
+# through the environment. The many tests that train the same tiny config
+# again (a resumed run, another process, another worker) load the compiled
+# program instead of compiling it; it lives only as long as the session.
+if "GRIFFIN_TEST_XLA_CACHE" not in os.environ:
+  os.environ["GRIFFIN_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="griffin_test_xla_cache_")
+  atexit.register(shutil.rmtree, os.environ["GRIFFIN_TEST_XLA_CACHE"], ignore_errors=True)
+_CACHE_DIR = os.environ["GRIFFIN_TEST_XLA_CACHE"]
 os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE_DIR,
                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

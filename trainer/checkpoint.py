@@ -13,6 +13,7 @@ cause; the steps committed before it stay as they were.
 """
 
 import contextlib
+import hashlib
 import time
 from typing import Any
 
@@ -25,6 +26,7 @@ from sharding import rules
 from trainer import integrity
 from trainer.config import CheckpointConfig
 from trainer.integrity import CorruptCheckpointError
+from trainer.local_tier import LocalTier
 from trainer.state import ParamsPlan, ShardedSetup
 
 STATE, DATA, CONFIG, COUNTERS, CHECKSUMS = "state", "data", "config", "counters", "checksums"
@@ -98,11 +100,20 @@ def check_shapes(saved_tree, target_tree, where: str):
                        f"checkpoint but {tuple(target.shape)} in this model config")
 
 
-class Checkpointer:
-  """Saves and restores `workdir/checkpoints/<step>`."""
+def local_root(local_dir: str, workdir: str) -> str:
+  """This run's part of `checkpoint.local_dir`: a name from the workdir, so
+  that runs sharing a RAM disk never read each other's steps."""
+  return f"{local_dir}/run-{hashlib.sha256(workdir.encode()).hexdigest()[:12]}"
 
-  def __init__(self, workdir: str, config: CheckpointConfig):
+
+class Checkpointer:
+  """Saves and restores `workdir/checkpoints/<step>`, and with
+  `config.local_dir` the fast local tier (`trainer/local_tier.py`) too."""
+
+  def __init__(self, workdir: str, config: CheckpointConfig, mesh=None):
     self.directory = epath.Path(workdir) / "checkpoints"
+    self.local = (LocalTier(local_root(config.local_dir, workdir), mesh,
+                            config.local_max_to_keep) if config.local_dir else None)
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -151,6 +162,35 @@ class Checkpointer:
       saved = self.manager.save(step, args=ocp.args.Composite(**items), force=True)
     self._in_flight = step
     return saved
+
+  def save_local(self, step: int, state, data_iterator, config_json: dict[str, Any],
+                 counters: dict[str, int]):
+    """Starts an async save of `step` to the local tier, with what `save`
+    writes beside the state."""
+    self.local.save(step, state, {
+        CONFIG: config_json, CHECKSUMS: integrity.checksums(state), COUNTERS: counters,
+        DATA: data_iterator.get_state() if data_iterator is not None else None})
+
+  def newest_local(self) -> int | None:
+    """The newest step the local tier can restore on every process, if it is
+    at least as new as the newest committed gs:// step (a collective)."""
+    if self.local is None:
+      return None
+    complete = self.local.holdings().complete()
+    persistent = self.last_committed()
+    if complete and (persistent is None or complete[-1] >= persistent):
+      return complete[-1]
+    return None
+
+  def restore_local(self, step: int, setup: ShardedSetup, data_iterator=None):
+    """What `restore` gives, from the local tier; LocalTierError or
+    CorruptCheckpointError (on every process alike) if it cannot."""
+    target = rules.with_shardings(setup.abstract, setup.shardings)
+    state, meta = self.local.restore(step, target)
+    integrity.verify(meta[CHECKSUMS], state, f"local step {step} in {self.local.directory}")
+    if data_iterator is not None:
+      data_iterator.set_state(meta[DATA])
+    return state, meta[CONFIG], dict(meta[COUNTERS])
 
   @property
   def in_flight(self) -> int | None:
@@ -263,6 +303,8 @@ class Checkpointer:
     with `timeout_s`, at most that long: then the save is abandoned."""
     if self._abandoned:
       return
+    if self.local is not None:
+      self.local.close()
     if timeout_s is not None and not self.wait(deadline=time.monotonic() + timeout_s):
       logging.error("checkpoint step %d did not commit to %s within %s s of the run "
                     "stopping; abandoned, it does not count", self._in_flight,

@@ -78,10 +78,29 @@ class CheckpointConfig:
   # A run stopping on an error also waits at most this long for its last save.
   preemption_grace_s: float = 30.0
   on_corrupt: OnCorrupt = OnCorrupt.REFUSE
+  # The fast tier (trainer/local_tier.py): every `local_every_steps` steps
+  # (0 = off) each host writes its shards under `local_dir`, a host-local
+  # path (a RAM disk such as /dev/shm, or local SSD), and copies the previous
+  # host's; the gs:// tier is still written every `save_every_steps`. A
+  # restart resumes from the newer of the two tiers.
+  local_dir: str = ""
+  local_every_steps: int = 0
+  local_max_to_keep: int = 2
 
   def __post_init__(self):
-    check_ints("checkpoint", self, 1, "save_every_steps", "max_to_keep")
-    check_ints("checkpoint", self, 0, "keep_period")
+    check_ints("checkpoint", self, 1, "save_every_steps", "max_to_keep", "local_max_to_keep")
+    check_ints("checkpoint", self, 0, "keep_period", "local_every_steps")
+    if not isinstance(self.local_dir, str):
+      raise ValueError(f"checkpoint.local_dir={self.local_dir!r} must be a path.")
+    if self.local_dir.startswith("gs://"):
+      raise ValueError(f"checkpoint.local_dir={self.local_dir} must be host-local (a RAM "
+                       "disk such as /dev/shm/griffin, or local SSD); the gs:// tier is "
+                       "the --workdir")
+    if bool(self.local_dir) != bool(self.local_every_steps):
+      raise ValueError(
+          f"checkpoint.local_dir={self.local_dir!r} and checkpoint.local_every_steps="
+          f"{self.local_every_steps} go together: set both (e.g. /dev/shm/griffin and 50) "
+          "for the local tier, or neither")
     if not isinstance(self.async_save, bool):
       raise ValueError(f"checkpoint.async_save={self.async_save!r} must be a bool.")
     if not isinstance(self.on_corrupt, OnCorrupt):

@@ -22,6 +22,7 @@ from trainer import goodput
 from trainer import lm_eval_lib
 from trainer.config import Config, NonFinite, OnCorrupt, SpikeAction
 from trainer.integrity import CorruptCheckpointError
+from trainer.local_tier import LocalTierError
 from trainer.scoring import Scorer, score_sources, summary
 from trainer.metrics import MetricsWriter
 from trainer.progress import Progress
@@ -112,7 +113,9 @@ def check_workdir(workdir: str) -> epath.Path:
 
 def initial_state(config: Config, program: Program, checkpointer, data_iterator, init_from,
                   init_params_from, progress: Progress) -> tuple[TrainState, dict]:
-  """Restore order: this run's latest step -> --init_from (a full state) ->
+  """Restore order: this run's local tier, if it holds a step at least as new
+  as the workdir's (trainer/local_tier.py; if it cannot be read: the workdir)
+  -> this run's latest step -> --init_from (a full state) ->
   --init_params_from (parameters only) -> fresh initialisation. A latest step
   that is corrupt stops the run, or with `checkpoint.on_corrupt=fallback` is
   set aside for the one before it (none left: an error, not a fresh start).
@@ -120,6 +123,16 @@ def initial_state(config: Config, program: Program, checkpointer, data_iterator,
   Returns (state, counters): the counters (skipped steps) of the step
   resumed from, {} otherwise."""
   set_aside = []
+  if (local := checkpointer.newest_local()) is not None:
+    progress.event(f"resuming from local step {local} ({checkpointer.local.directory})")
+    try:
+      state, _, counters = checkpointer.restore_local(local, program.setup, data_iterator)
+      if checkpointer.local.fetched_back:
+        progress.event(f"processes {checkpointer.local.fetched_back} had lost their local "
+                       "step: fetched back from the copies on the next host")
+      return state, counters
+    except (LocalTierError, CorruptCheckpointError) as e:  # alike on every process
+      progress.event(f"{e}; resuming from the gs:// tier instead")
   while (latest := checkpointer.latest_step()) is not None:
     progress.event(f"resuming from {checkpointer.directory}/{latest}")
     try:
@@ -195,14 +208,15 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   harness = lm_eval_lib.InTraining(config) if config.run.lm_eval_every_steps else None
   program = build_program(config)
   mesh, train_step = program.mesh, program.train_step
-  checkpointer = Checkpointer(workdir, config.checkpoint)
+  checkpointer = Checkpointer(workdir, config.checkpoint, mesh)
   progress = Progress(config.run.steps, jax.device_count(), enabled=jax.process_index() == 0)
   recorder = goodput.Recorder(workdir, enabled=jax.process_index() == 0)
   recorder.since_start("startup")
   with recorder.phase("restore"):
     state, counters = initial_state(config, program, checkpointer, data_iterator,
                                     init_from, init_params_from, progress)
-  if checkpointer.latest_step() is not None:  # resumed this run's own step
+  if (checkpointer.latest_step() is not None  # resumed this run's own step
+      or (checkpointer.local is not None and int(state.step) and not init_from)):
     recorder.resumed_from(int(state.step))
   skip = config.run.on_non_finite == NonFinite.SKIP
   skipped_steps = counters.get("skipped_steps", 0)
@@ -225,6 +239,10 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   scorer = Scorer(program.setup.graphdef, mesh) if eval_data and config.run.eval_every_steps else None
 
   commit_wait_s = config.checkpoint.preemption_grace_s  # for the error messages
+
+  def counters_now() -> dict:
+    """What a checkpoint keeps of the run's counters."""
+    return {"skipped_steps": skipped_steps, **(guard.counters() if guard.enabled else {})}
 
   def settle(pending):
     nonlocal skipped_steps
@@ -324,10 +342,14 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
       with recorder.phase("checkpoint"):
         if stop.signal_time is not None:  # the wait for the save before counts too
           commit_within_grace(checkpointer, stop, config.checkpoint.preemption_grace_s)
-        checkpointer.save(step, state, data_iterator, config_json,
-                          {"skipped_steps": skipped_steps,
-                           **(guard.counters() if guard.enabled else {})})
+        checkpointer.save(step, state, data_iterator, config_json, counters_now())
       progress.event(f"checkpoint: saving step {step} to {checkpointer.directory}/{step}")
+    elif checkpointer.local is not None and step % config.checkpoint.local_every_steps == 0:
+      settle(pending)
+      pending = None
+      with recorder.phase("checkpoint"):
+        checkpointer.save_local(step, state, data_iterator, config_json, counters_now())
+      progress.event(f"checkpoint: saving step {step} to the local tier")
     return state, step, pending
 
   step = dispatched = int(state.step)
