@@ -1,5 +1,5 @@
 """The local checkpoint tier (trainer/local_tier.py): a run of 2 processes
-(ZeRO-3: every array sharded over both, no replica) loses one process's
+of one CPU device each (ZeRO-3: every array sharded over both, no replica) loses one process's
 local storage and resumes from the local tier, that process's shards fetched
 back from the next host's copy; with every local tier lost it resumes from
 the --workdir tier. (A local --workdir: the gs:// tier's restore is the
@@ -48,13 +48,14 @@ def test_bad_local_tier_settings_are_named(overrides, message):
 
 
 def _train(workdir, local_dir, steps: int) -> str:
-  """The command on 2 processes of 4 CPU devices; returns process 0's log."""
+  """The command on 2 processes of 1 CPU device; returns process 0's log.
+  (One device each: 2 gloo ranks connect in a second, 8 take several.)"""
   overrides = {**OVERRIDES, "run.steps": steps, "checkpoint.save_every_steps": 3,
                "checkpoint.local_every_steps": 1, "checkpoint.local_dir": local_dir,
                "mesh.ici_data": 1, "mesh.ici_fsdp": -1}
   logs = os.path.join(workdir, "logs")
   subprocess.run(
-      [sys.executable, "-m", "launch.local", "--num_processes=2", "--devices_per_process=4",
+      [sys.executable, "-m", "launch.local", "--num_processes=2", "--devices_per_process=1",
        f"--log_dir={logs}", "--", sys.executable, "-m", "trainer.train",
        f"--config={ROOT}/configs/smoke.py", f"--workdir={workdir}",
        *[f"--config.{k}={v}" for k, v in overrides.items()]],

@@ -106,11 +106,23 @@ def local_root(local_dir: str, workdir: str) -> str:
   return f"{local_dir}/run-{hashlib.sha256(workdir.encode()).hexdigest()[:12]}"
 
 
+def _no_replica_parallel_saves_on_cpu():
+  """Orbax saves a replicated array from all its replicas at once, each
+  writing a slice it cuts on device: one small program per array shape and
+  device, about 70 compiles in every new process for a small Griffin. CPU
+  devices share one memory, so nothing is gained there (Orbax makes the same
+  exception for GPUs); accelerators keep Orbax's default."""
+  if jax.default_backend() == "cpu":
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 class Checkpointer:
   """Saves and restores `workdir/checkpoints/<step>`, and with
   `config.local_dir` the fast local tier (`trainer/local_tier.py`) too."""
 
   def __init__(self, workdir: str, config: CheckpointConfig, mesh=None):
+    _no_replica_parallel_saves_on_cpu()
     self.directory = epath.Path(workdir) / "checkpoints"
     self.local = (LocalTier(local_root(config.local_dir, workdir), mesh,
                             config.local_max_to_keep) if config.local_dir else None)
