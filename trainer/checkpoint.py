@@ -113,8 +113,13 @@ def _no_replica_parallel_saves_on_cpu():
   devices share one memory, so nothing is gained there (Orbax makes the same
   exception for GPUs); accelerators keep Orbax's default."""
   if jax.default_backend() == "cpu":
-    ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    previous = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # not Orbax's warning that its default is replaced
+    try:
+      ocp.type_handlers.register_type_handler(
+          jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    finally:
+      logging.set_verbosity(previous)
 
 
 class Checkpointer:
