@@ -336,20 +336,21 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
           + f" ({seconds:.1f} s)")
       writer.write_eval(step, {**scores, "lm_eval_seconds": seconds}, seconds)
       recorder.add("evaluation", seconds)
-    if step % config.checkpoint.save_every_steps == 0 or step == config.run.steps or stop:
+    to_workdir = step % config.checkpoint.save_every_steps == 0 or step == config.run.steps or stop
+    to_local = (not to_workdir and checkpointer.local is not None
+                and step % config.checkpoint.local_every_steps == 0)
+    if to_workdir or to_local:
       settle(pending)  # never checkpoint a state whose loss was not finite
       pending = None
       with recorder.phase("checkpoint"):
-        if stop.signal_time is not None:  # the wait for the save before counts too
-          commit_within_grace(checkpointer, stop, config.checkpoint.preemption_grace_s)
-        checkpointer.save(step, state, data_iterator, config_json, counters_now())
-      progress.event(f"checkpoint: saving step {step} to {checkpointer.directory}/{step}")
-    elif checkpointer.local is not None and step % config.checkpoint.local_every_steps == 0:
-      settle(pending)
-      pending = None
-      with recorder.phase("checkpoint"):
-        checkpointer.save_local(step, state, data_iterator, config_json, counters_now())
-      progress.event(f"checkpoint: saving step {step} to the local tier")
+        if to_local:
+          checkpointer.save_local(step, state, data_iterator, config_json, counters_now())
+        else:
+          if stop.signal_time is not None:  # the wait for the save before counts too
+            commit_within_grace(checkpointer, stop, config.checkpoint.preemption_grace_s)
+          checkpointer.save(step, state, data_iterator, config_json, counters_now())
+      where = "the local tier" if to_local else f"{checkpointer.directory}/{step}"
+      progress.event(f"checkpoint: saving step {step} to {where}")
     return state, step, pending
 
   step = dispatched = int(state.step)
