@@ -81,6 +81,12 @@ ROWS = (
       for size, tpu, fsdp in (("7b", "v5p-64", 32), ("7b", "v5e-256", 32),
                               ("14b", "v5p-128", 64))
       for t in (2, 4, 8)),
+    # 14B on v5e-256: one row a chip, so the saved matmul outputs (a quarter of
+    # v5p-128's 48 GiB at four rows) would not fit 15.75 GiB; full remat.
+    Row("griffin_14b@v5e-256", "griffin_14b", "v5e-256", {"model.remat": "full"}),
+    *(Row(f"griffin_14b@v5e-256+tensor{t}", "griffin_14b", "v5e-256",
+          {"model.remat": "full", "mesh.ici_fsdp": 64 // t, "mesh.ici_tensor": t})
+      for t in (2, 4, 8)),
     # Two rows a chip on v5e-256, where one leaves the step bound by the
     # weights' HBM traffic and gathers.
     Row("griffin_7b@v5e-256+batch512", "griffin_7b", "v5e-256",

@@ -67,7 +67,8 @@ def nan_drill(d: Drill):
   import numpy as np
   from trainer import config as config_lib
   from trainer.train_lib import make_train_iterator
-  from trainer.train_loop import NonFiniteLossError, StopFlag, run_steps
+  from trainer.preemption import StopFlag
+  from trainer.train_loop import NonFiniteLossError, run_steps
 
   started = time.monotonic()
 

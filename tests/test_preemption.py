@@ -18,7 +18,7 @@ from tests.test_reliability import OVERRIDES, ROOT, assert_same_curve
 from trainer.checkpoint import committed_steps
 from trainer.metrics import read_records as records
 from trainer import goodput
-from trainer.train_loop import PreemptionTimeoutError, StopFlag, commit_within_grace
+from trainer.preemption import PreemptionTimeoutError, StopFlag, commit_within_grace
 
 
 # --- through the command line: kills, preemption, another device count -------

@@ -16,7 +16,8 @@ from pipeline.row_sources import ByteRows
 from pipeline.row_stream import DataStream
 from tests.cpu_devices import xla_flags
 from trainer import config as config_lib
-from trainer.train_loop import NonFiniteLossError, StopFlag, run_steps
+from trainer.preemption import StopFlag
+from trainer.train_loop import NonFiniteLossError, run_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {"data.dataset": "stdlib_bytes", "model.vocab_size": 256, "data.seq_len": 32, "data.global_batch_size": 8,

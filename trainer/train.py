@@ -50,7 +50,7 @@ def parse_profile_steps(values: list[str], steps: int) -> tuple[int, int] | None
 
 def main():
   from trainer.train_lib import train  # after flag parsing: importing JAX is slow
-  from trainer.train_loop import PreemptionTimeoutError
+  from trainer.preemption import PreemptionTimeoutError
   config = config_lib.build(config_flag.flag_config(_CONFIG))
   profile = parse_profile_steps(_PROFILE.value, config.run.steps)
   paths = {"--workdir": _WORKDIR.value, "--init_from": _INIT_FROM.value,

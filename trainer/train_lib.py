@@ -5,7 +5,9 @@ import jax
 
 from pipeline import streams
 from trainer.config import Config
-from trainer.train_loop import StopFlag, check_workdir, run_steps
+from trainer.preemption import StopFlag
+from trainer.resume import check_workdir
+from trainer.train_loop import run_steps
 
 
 def init_processes(coordinator_address: str, num_processes: int, process_id: int):

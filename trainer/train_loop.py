@@ -1,10 +1,7 @@
 """The training loop: restore or initialise, step, log, checkpoint, stop cleanly."""
 
-import signal
 import sys
-import threading
 import time
-import uuid
 from typing import Callable, Iterator
 
 import jax
@@ -12,22 +9,20 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from common import storage
 from model.flops import train_flops
 from sharding import rules
-from trainer.checkpoint import (Checkpointer, check_step_dir, committed_steps, restore_params,
-                                restore_state)
+from trainer.checkpoint import Checkpointer, check_step_dir, committed_steps
 from trainer import config as config_lib
 from trainer import goodput
 from trainer import lm_eval_lib
-from trainer.config import Config, NonFinite, OnCorrupt, SpikeAction
-from trainer.integrity import CorruptCheckpointError
-from trainer.local_tier import LocalTierError
-from trainer.scoring import Scorer, score_sources, summary
+from trainer.config import Config, NonFinite, SpikeAction
 from trainer.metrics import MetricsWriter
+from trainer.periodic_eval import PeriodicEvaluation
+from trainer.preemption import StopFlag, commit_within_grace
 from trainer.progress import Progress
+from trainer.resume import barrier, check_workdir, initial_state
 from trainer.spikes import LossSpikeError, SpikeGuard
-from trainer.program import Program, build_program
+from trainer.program import build_program
 from trainer.state import TrainState
 from trainer.train_step import device_batch
 
@@ -43,123 +38,6 @@ class _Rollback(Exception):
   def __init__(self, step: int):
     super().__init__(step)
     self.step = step
-
-
-class PreemptionTimeoutError(RuntimeError):
-  """SIGTERM came, and a save did not commit within
-  `checkpoint.preemption_grace_s` of it; the last committed step stands."""
-
-
-class StopFlag:
-  """Set by SIGTERM (preemption); the loop checks it at step boundaries.
-
-  `signal_time` (time.monotonic()) is when SIGTERM came: the grace period
-  for committing the last step counts from it. A flag set otherwise (e.g.
-  a subclass that stops early) has none and waits for its save as usual.
-  """
-
-  def __init__(self):
-    self.event = threading.Event()
-    self.signal_time = None
-
-  def install(self):
-    if threading.current_thread() is threading.main_thread():
-      signal.signal(signal.SIGTERM, self._on_sigterm)
-    return self
-
-  def _on_sigterm(self, signum, frame):
-    del signum, frame
-    if self.signal_time is None:
-      self.signal_time = time.monotonic()
-    self.event.set()
-
-  def __bool__(self):
-    return self.event.is_set()
-
-
-def evaluation_start(state) -> float:
-  """The time an evaluation starts, once the queued training steps are done:
-  their time belongs to training, the rest to the evaluation."""
-  jax.block_until_ready(state)
-  return time.perf_counter()
-
-
-def barrier(name: str, timeout_minutes: int = 30):
-  """All processes wait here (the coordination service, not a collective)."""
-  if jax.process_count() > 1:
-    from jax._src import distributed  # the public API has no timed barrier
-    distributed.global_state.client.wait_at_barrier(name, timeout_minutes * 60_000)
-
-
-def check_workdir(workdir: str) -> epath.Path:
-  """Creates the workdir if needed; a clear error if it cannot be written."""
-  path = epath.Path(workdir)
-  if workdir.startswith("gs://"):
-    storage.check_gcs_reachable(workdir, "--workdir")
-    bucket = "gs://" + workdir[len("gs://"):].split("/", 1)[0]
-    if not epath.Path(bucket).exists():
-      raise ValueError(f"--workdir={workdir}: the bucket {bucket} does not exist or these "
-                       "credentials cannot see it; create it (infra/) or fix the path")
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    # One probe per process: hosts sharing a workdir must not delete each other's.
-    probe = path / f".write_probe_{uuid.uuid4().hex}"
-    probe.write_text("ok")
-    probe.unlink()
-  except Exception as e:  # noqa: BLE001 - any storage error means the same here
-    raise ValueError(f"--workdir={workdir} is not a writable directory: {e}") from e
-  return path
-
-
-def initial_state(config: Config, program: Program, checkpointer, data_iterator, init_from,
-                  init_params_from, progress: Progress) -> tuple[TrainState, dict]:
-  """Restore order: this run's local tier, if it holds a step at least as new
-  as the workdir's (trainer/local_tier.py; if it cannot be read: the workdir)
-  -> this run's latest step -> --init_from (a full state) ->
-  --init_params_from (parameters only) -> fresh initialisation. A latest step
-  that is corrupt stops the run, or with `checkpoint.on_corrupt=fallback` is
-  set aside for the one before it (none left: an error, not a fresh start).
-
-  Returns (state, counters): the counters (skipped steps) of the step
-  resumed from, {} otherwise."""
-  set_aside = []
-  if (local := checkpointer.newest_local()) is not None:
-    progress.event(f"resuming from local step {local} ({checkpointer.local.directory})")
-    try:
-      state, _, counters = checkpointer.restore_local(local, program.setup, data_iterator)
-      if checkpointer.local.fetched_back:
-        progress.event(f"processes {checkpointer.local.fetched_back} had lost their local "
-                       "step: fetched back from the copies on the next host")
-      return state, counters
-    except (LocalTierError, CorruptCheckpointError) as e:  # alike on every process
-      progress.event(f"{e}; resuming from the gs:// tier instead")
-  while (latest := checkpointer.latest_step()) is not None:
-    progress.event(f"resuming from {checkpointer.directory}/{latest}")
-    try:
-      state, _, counters = checkpointer.restore(latest, program.setup, data_iterator)
-      return state, counters
-    except CorruptCheckpointError as e:
-      if config.checkpoint.on_corrupt != OnCorrupt.FALLBACK:
-        raise
-      moved = checkpointer.set_aside(latest)
-      progress.event(f"{e}\n  set aside as {moved} (checkpoint.on_corrupt=fallback); "
-                     "trying the step before it")
-      barrier(f"griffin: step {latest} set aside")
-      checkpointer.reload()
-      set_aside.append(latest)
-  if set_aside:
-    raise CorruptCheckpointError(
-        f"every committed step of {checkpointer.directory} was corrupt and is set aside "
-        f"({set_aside}); start afresh in another --workdir, or --init_params_from a "
-        "step of another run")
-  if init_from:
-    progress.event(f"initialising the full state from {init_from}")
-    return restore_state(init_from, program.setup), {}
-  state = program.init_state(config)
-  if init_params_from:
-    progress.event(f"initialising parameters from {init_params_from}")
-    state = state._replace(params=restore_params(init_params_from, program.setup.params))
-  return state, {}
 
 
 def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "",
@@ -236,7 +114,7 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   progress.begin(int(state.step))
   config_json = config_lib.to_dict(config)
   history, pending = [], None  # pending: (step, metrics on device), read one step late
-  scorer = Scorer(program.setup.graphdef, mesh) if eval_data and config.run.eval_every_steps else None
+  evaluate = PeriodicEvaluation(config, program, eval_data, harness, writer, progress, recorder)
 
   commit_wait_s = config.checkpoint.preemption_grace_s  # for the error messages
 
@@ -308,34 +186,7 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
       jax.block_until_ready(state)
       jax.profiler.stop_trace()
       tracing = False
-    if scorer and step % config.run.eval_every_steps == 0:
-      start = evaluation_start(state)
-      sums, by_source = score_sources(scorer, state.params, eval_data(),
-                                      config.run.eval_steps, config.data.seq_len)
-      result = summary(*sums)
-      seconds = time.perf_counter() - start
-      stderr = f" ± {result['loss_stderr']:.4f}" if "loss_stderr" in result else ""
-      progress.event(f"eval at step {step}: loss {result['loss']:.4f}{stderr}, perplexity "
-                     f"{result['perplexity']:.2f}, accuracy {result['accuracy']:.4f} "
-                     f"({seconds:.1f} s)")
-      writer.write_eval(step, {"eval_loss": result["loss"],
-                               "eval_perplexity": result["perplexity"],
-                               "eval_accuracy": result["accuracy"],
-                               **({"eval_loss_stderr": result["loss_stderr"]}
-                                  if "loss_stderr" in result else {}),
-                               **{f"eval_loss_{name}": source["loss"]
-                                  for name, source in by_source.items()},
-                               "eval_seconds": seconds}, seconds)
-      recorder.add("evaluation", seconds)
-    if harness and step % config.run.lm_eval_every_steps == 0:
-      start = evaluation_start(state)
-      scores = harness(state.params, program.setup.graphdef, mesh)
-      seconds = time.perf_counter() - start
-      progress.event(f"lm-eval at step {step}: " + ", ".join(
-          f"{k.removeprefix('lm_eval/')} {v:.4f}" for k, v in scores.items())
-          + f" ({seconds:.1f} s)")
-      writer.write_eval(step, {**scores, "lm_eval_seconds": seconds}, seconds)
-      recorder.add("evaluation", seconds)
+    evaluate(step, state)
     to_workdir = step % config.checkpoint.save_every_steps == 0 or step == config.run.steps or stop
     to_local = (not to_workdir and checkpointer.local is not None
                 and step % config.checkpoint.local_every_steps == 0)
@@ -402,19 +253,3 @@ def close_all(*closers):
         first = e
   if first is not None:
     raise first
-
-
-def commit_within_grace(checkpointer: Checkpointer, stop: StopFlag, grace_s: float):
-  """After SIGTERM: waits for the save in flight to commit, at most until
-  `grace_s` seconds after the signal; returns its step (None: there was
-  none). PreemptionTimeoutError if it did not commit in time."""
-  step = checkpointer.in_flight
-  if checkpointer.wait(deadline=stop.signal_time + grace_s):
-    return step
-  checkpointer.abandon()
-  raise PreemptionTimeoutError(
-      f"SIGTERM: step {step} did not commit to {checkpointer.directory / str(step)} "
-      f"within checkpoint.preemption_grace_s={grace_s} s of the signal; it does not "
-      f"count, the last committed step is {checkpointer.last_committed()}. Storage was "
-      "slow or unreachable; a longer grace (below the scheduler's notice) or more "
-      "frequent checkpoint.save_every_steps loses less.")

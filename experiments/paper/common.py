@@ -20,7 +20,8 @@ from trainer import config as config_lib
 from trainer.config import Config
 from trainer.evaluate_lib import evaluate
 from trainer.train_lib import make_eval_iterator, make_train_iterator
-from trainer.train_loop import StopFlag, run_steps
+from trainer.preemption import StopFlag
+from trainer.train_loop import run_steps
 
 # The three families of the paper at the same width and depth: Griffin keeps
 # the config's pattern and local window; Hawk has recurrent blocks only; MQA
