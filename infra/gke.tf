@@ -58,6 +58,13 @@ resource "google_container_cluster" "griffin" {
     network_policy_config {
       disabled = false
     }
+    # The node RAM disk that xpk's --mtc-enabled mounts for the local tier.
+    dynamic "high_scale_checkpointing_config" {
+      for_each = var.multi_tier_checkpointing_ramdisk == "" ? [] : [1]
+      content {
+        enabled = true
+      }
+    }
   }
 
   binary_authorization {

@@ -26,3 +26,18 @@ output "tpu_node_pool_shape" {
     topology        = local.tpu_topology
   }
 }
+
+output "checkpoint_configuration" {
+  description = "The multi-tier checkpointing RAM disk of the TPU nodes: pipe it to `kubectl apply -f -` once (null without multi_tier_checkpointing_ramdisk)."
+  value = var.create_gke_cluster && var.multi_tier_checkpointing_ramdisk != "" ? yamlencode({
+    apiVersion = "checkpointing.gke.io/v1"
+    kind       = "CheckpointConfiguration"
+    metadata   = { name = "griffin-local-tier" }
+    spec = {
+      cloudStorageBucketName = google_storage_bucket.data.name
+      nodeSelector           = { "node.kubernetes.io/instance-type" = local.tpu_machine_type }
+      tolerations            = [{ key = "google.com/tpu", operator = "Exists", effect = "NoSchedule" }]
+      inMemoryVolumeSize     = var.multi_tier_checkpointing_ramdisk
+    }
+  }) : null
+}

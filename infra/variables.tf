@@ -76,6 +76,16 @@ variable "create_gke_cluster" {
   default     = false
 }
 
+variable "multi_tier_checkpointing_ramdisk" {
+  description = "RAM disk per TPU node for the trainer's local checkpoint tier on GKE (GKE's multi-tier checkpointing addon, e.g. \"24Gi\"); empty for none. Size it at 4 x (12 bytes x parameters / hosts) plus a margin: own and peer copies of local_max_to_keep (2) steps."
+  type        = string
+  default     = ""
+  validation {
+    condition     = can(regex("^([0-9]+(Mi|Gi))?$", var.multi_tier_checkpointing_ramdisk))
+    error_message = "multi_tier_checkpointing_ramdisk must be empty or a size such as 24Gi or 60000Mi."
+  }
+}
+
 variable "spot" {
   description = "GKE TPU node pools on Spot VMs (preemptible, cheaper)."
   type        = bool

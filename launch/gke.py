@@ -14,7 +14,9 @@ ACTION:
 The cluster and its TPU node pools (one per slice) come from infra/ or
 `xpk cluster create`; spot or reserved capacity is a node-pool property there.
 On a failure JobSet restarts every slice, up to --max_restarts times, and the
-trainer resumes from the workdir's latest checkpoint.
+trainer resumes from the workdir's latest checkpoint, or from the local tier
+(`checkpoint.local_dir`), which is then each node's multi-tier checkpointing
+ramdisk (`--mtc-enabled`; the cluster needs the addon, docs/launch.md).
 """
 
 import os
@@ -50,6 +52,8 @@ def create_command(fv, job: preflight.Job) -> list[str]:
           f"--docker-image={fv['image'].value}",
           f"--tpu-type={preflight.cloud_accelerator_type(job.tpu.name)}",
           f"--num-slices={job.num_slices}", f"--max-restarts={fv['max_restarts'].value}"]
+  if job.local_dir:  # GKE's multi-tier checkpointing ramdisk, which outlives the pod
+    argv += ["--mtc-enabled", f"--ramdisk-directory={job.local_dir}"]
   if fv["restart_on_exit_codes"].value:
     argv.append(f"--restart-on-exit-codes={fv['restart_on_exit_codes'].value}")
   argv.append(f"--command={shlex.join(job.train_argv())}")

@@ -56,6 +56,7 @@ class Job:
   tpu: topologies.TpuType
   num_slices: int
   workdir: str
+  local_dir: str = ""  # the local checkpoint tier's directory on every host; "" = off
 
   @property
   def hosts(self) -> int:
@@ -90,6 +91,19 @@ def check_workdir(workdir: str) -> str:
         "writes one checkpoint and reads it back after a preemption, so it must be "
         "storage all hosts share (a local path is a different disk on each host).")
   return workdir
+
+
+def check_local_dir(checkpoint: config_lib.CheckpointConfig) -> str:
+  """The local tier's directory ('' when it is off), absolute: the container
+  (docker on TPU VMs, the pod on GKE) mounts that path from the host."""
+  if not checkpoint.local_every_steps:
+    return ""
+  if not os.path.isabs(checkpoint.local_dir):
+    raise ValueError(
+        f"--config.checkpoint.local_dir={checkpoint.local_dir!r} must be an absolute path "
+        "for a pod job (e.g. /dev/shm/griffin): each host's container mounts that "
+        "directory from the host, so that it outlives the container.")
+  return os.path.normpath(checkpoint.local_dir)
 
 
 def check_config_file(path: str) -> str:
@@ -186,7 +200,7 @@ def load_job(fv: flags.FlagValues) -> Job:
   overrides = tuple(f"--config.{path}={value}" for path, value in
                     config_flags.get_override_values(fv["config"]).items())
   job = Job(name, config_file, overrides, tpu, fv["num_slices"].value,
-            fv["workdir"].value)
+            fv["workdir"].value, check_local_dir(config.checkpoint))
   if not fv["skip_aot_check"].value:
     compile_check(job, dry_run=fv["dry_run"].value)
   return job

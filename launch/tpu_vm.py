@@ -158,9 +158,12 @@ def run_command(fv, job: preflight.Job) -> str:
   if image:
     train = shlex.join(job.train_argv())
     # --privileged and the host network: the TPU devices and the slice's
-    # MEGASCALE/metadata settings, as on the VM itself.
+    # MEGASCALE/metadata settings, as on the VM itself. The local tier is the
+    # host's directory: docker's own /dev/shm is 64 MB and goes with the container.
+    mount = (f"-v {shlex.quote(job.local_dir)}:{shlex.quote(job.local_dir)} "
+             if job.local_dir else "")
     return (f"sudo docker rm -f {job.name} >/dev/null 2>&1; sudo docker run -d "
-            f"--name={job.name} --privileged --net=host {shlex.quote(image)} {train}")
+            f"--name={job.name} --privileged --net=host {mount}{shlex.quote(image)} {train}")
   # The exit status goes to ~/<name>.exit, for `supervise` to read.
   train = shlex.join(job.train_argv(python=".venv/bin/python"))
   pid, done = f"~/{job.name}.pid", f"~/{job.name}.exit"

@@ -96,6 +96,20 @@ def test_gke_node_pools_follow_the_accelerator_table():
   assert set(local["machine_family"]) == set(tpus)
 
 
+def test_the_local_tier_ramdisk_is_off_unless_sized():
+  """GKE's multi-tier checkpointing addon (launch/gke.py --mtc-enabled) only with
+  multi_tier_checkpointing_ramdisk, and its node RAM disk as an output to apply."""
+  cluster = _resources("google_container_cluster")["griffin"]
+  addon = cluster["addons_config"][0]["dynamic"][0]["high_scale_checkpointing_config"]
+  assert addon["for_each"] == ['${var.multi_tier_checkpointing_ramdisk == "" ? [] : [1]}']
+  assert addon["content"] == [{"enabled": [True]}]
+  output = next(entry["checkpoint_configuration"] for entry in _terraform()["output"]
+                if "checkpoint_configuration" in entry)
+  for expected in ("checkpointing.gke.io/v1", "CheckpointConfiguration",
+                   "local.tpu_machine_type", "var.multi_tier_checkpointing_ramdisk"):
+    assert expected in output["value"][0]
+
+
 @pytest.mark.parametrize("tfvars", EXAMPLES, ids=lambda p: p.stem)
 def test_checkov_finds_no_failed_check(tfvars):
   checkov = pathlib.Path(sys.executable).with_name("checkov")

@@ -70,6 +70,9 @@ class FakeCloud:
   def calls(self) -> list[list[str]]:
     return [json.loads(line) for line in self.log.read_text().splitlines()]
 
+  def clear(self):
+    self.log.write_text("")
+
 
 @pytest.fixture
 def cloud(tmp_path, monkeypatch) -> FakeCloud:
@@ -128,6 +131,35 @@ def test_tpu_vm_submit_two_slices_of_v5p_128(cloud, capsys):
   assert sorted(calls[4:6]) == [_ssh("griffin-14b-0", pull), _ssh("griffin-14b-1", pull)]
   assert sorted(calls[6:]) == [_ssh("griffin-14b-0", run), _ssh("griffin-14b-1", run)]
   assert "started on 32 hosts" in capsys.readouterr().out
+
+
+def test_the_local_tier_is_a_host_directory_the_container_mounts(cloud, capsys):
+  """TPU VMs: docker binds the host's directory (its own /dev/shm is 64 MB and
+  goes with the container); GKE: the node's multi-tier checkpointing ramdisk."""
+  local = ["--config.checkpoint.local_dir=/dev/shm/griffin",
+           "--config.checkpoint.local_every_steps=20"]
+  train = f"{TRAIN} {' '.join(local)}"
+  argv = ["tpu_vm", *JOB_14B, *local, f"--image={IMAGE}", "--poll_interval_s=0",
+          "--skip_aot_check", "submit"]
+  assert tpu_vm.main(argv) == 0, capsys.readouterr().err
+  run = ("sudo docker rm -f griffin-14b >/dev/null 2>&1; sudo docker run -d --name=griffin-14b "
+         f"--privileged --net=host -v /dev/shm/griffin:/dev/shm/griffin {IMAGE} {train}")
+  assert _ssh("griffin-14b-0", run) in cloud.calls()
+  cloud.clear()
+  assert gke.main(["gke", *JOB_14B, *local, "--cluster=griffin", f"--image={IMAGE}",
+                   "--skip_aot_check", "submit"]) == 0, capsys.readouterr().err
+  assert cloud.calls() == [
+      ["xpk", "workload", "create", "--cluster=griffin", *WHERE, "--workload=griffin-14b",
+       f"--docker-image={IMAGE}", "--tpu-type=v5p-128", "--num-slices=2",
+       "--max-restarts=10", "--mtc-enabled", "--ramdisk-directory=/dev/shm/griffin",
+       f"--command={train}"]]
+  cloud.clear()
+  assert gke.main(["gke", *JOB_14B, "--config.checkpoint.local_dir=griffin_local",
+                   "--config.checkpoint.local_every_steps=20", "--cluster=griffin",
+                   f"--image={IMAGE}", "--skip_aot_check", "submit"]) == 1
+  assert ("--config.checkpoint.local_dir='griffin_local' must be an absolute path for a "
+          "pod job") in capsys.readouterr().err
+  assert cloud.calls() == []
 
 
 def test_tpu_vm_logs_one_file_per_worker_and_delete(cloud, tmp_path):

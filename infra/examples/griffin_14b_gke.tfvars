@@ -8,3 +8,5 @@ num_slices              = 2
 create_gke_cluster      = true
 spot                    = true
 master_authorized_cidrs = ["203.0.113.0/24"]
+# The local tier: own and peer copies of 2 steps, 14B x 12 bytes / 32 hosts each.
+multi_tier_checkpointing_ramdisk = "24Gi"
