@@ -1,8 +1,8 @@
 """The local checkpoint tier (trainer/local_tier.py): a run of 2 processes
 of one CPU device each (ZeRO-3: every array sharded over both, no replica) loses one process's
 local storage and resumes from the local tier, that process's shards fetched
-back from the next host's copy; with every local tier lost it resumes from
-the --workdir tier. (A local --workdir: the gs:// tier's restore is the
+back from the next host's copy, and saves again the steps it trains anew;
+with every local tier lost it resumes from the --workdir tier. (A local --workdir: the gs:// tier's restore is the
 same code, tested in tests/test_trainer.py.)"""
 
 import json
@@ -78,14 +78,20 @@ def test_a_lost_local_tier_comes_back_from_the_next_host_or_from_the_workdir(tmp
   assert sorted(os.listdir(f"{run_local}/process_1/own")) == ["2", "4"]
   assert sorted(os.listdir(f"{run_local}/process_0/peer")) == ["2", "4", "p2p_restore"]
 
-  # Process 1's host is replaced (its local disk is empty) and the workdir's
-  # step 5 was never committed: the newest complete step is local step 4.
-  shutil.rmtree(f"{workdir}/checkpoints/5")
+  # Process 1's host is replaced (its local disk is empty), process 0's copy
+  # of its step 4 never arrived, and the workdir's steps were never
+  # committed: the newest complete step is local step 2, process 1's shards
+  # fetched back from process 0's copy. Process 0's own step 4 is stale: the
+  # run trains step 4 again and saves it locally once more.
+  for step in ("3", "5"):
+    shutil.rmtree(f"{workdir}/checkpoints/{step}")
   shutil.rmtree(f"{run_local}/process_1")
+  shutil.rmtree(f"{run_local}/process_0/peer/4")
   log = _train(workdir, local_dir, 5)
-  assert f"resuming from local step 4 ({run_local}/process_0)" in log
+  assert f"resuming from local step 2 ({run_local}/process_0)" in log
   assert "processes [1] had lost their local step: fetched back" in log
-  # The restored state passed its checksums; its next step is the same.
+  assert sorted(d for d in os.listdir(f"{run_local}/process_1/own") if d.isdigit()) == ["2", "4"]
+  # The restored state passed its checksums; its next steps are the same.
   # (gloo's cross-process sums may round differently after other collectives.)
   np.testing.assert_allclose(_last_losses(workdir)[5], straight[5], rtol=1e-6)
 

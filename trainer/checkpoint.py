@@ -188,6 +188,12 @@ class Checkpointer:
         CONFIG: config_json, CHECKSUMS: integrity.checksums(state), COUNTERS: counters,
         DATA: data_iterator.get_state() if data_iterator is not None else None})
 
+  def discard_local_after(self, step: int):
+    """The local tier forgets steps newer than `step`, where the run goes on
+    (after a restore from either tier, or a rollback)."""
+    if self.local is not None:
+      self.local.discard_after(step)
+
   def newest_local(self) -> int | None:
     """The newest step the local tier can restore on every process, if it is
     at least as new as the newest committed gs:// step (a collective)."""
@@ -294,7 +300,7 @@ class Checkpointer:
     advice = (f"delete {self.directory / str(step)} to resume from step {max(others)}, "
               "or " if others else "")
     fallback = ("set checkpoint.on_corrupt=fallback to set it aside and resume from the "
-                "newest intact step, " if others else "")
+                "newest intact step, or " if others else "")
     return (f"{advice}{fallback}start afresh in another --workdir. Committed steps here: "
             f"{sorted(self.manager.all_steps())}")
 

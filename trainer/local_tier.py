@@ -174,6 +174,21 @@ class LocalTier:
     meta = self.own.metadata(step).custom_metadata
     return restored["state"], dict(meta)
 
+  def discard_after(self, step: int):
+    """Deletes this process's local steps newer than `step`, the one the run
+    goes on from: they belong to steps it trains again (saved by only some
+    processes, copied too late, or rolled back), and Orbax would refuse to
+    save those steps a second time."""
+    self.wait()
+    stale = [s for s in self.own.all_steps() if s > step]
+    for s in stale:
+      shutil.rmtree(self._own_dir / str(s))
+    for s in self.peer_steps():
+      if s > step:
+        shutil.rmtree(self._peer_dir / str(s))
+    if stale:
+      self.own.reload()
+
   def _fetch_back(self, step: int) -> bool:
     """Copies this process's shards of `step` back from its successor's peer/."""
     if not self._own_node.fetch_shard_from_peer(

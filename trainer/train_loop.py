@@ -93,6 +93,7 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
   with recorder.phase("restore"):
     state, counters = initial_state(config, program, checkpointer, data_iterator,
                                     init_from, init_params_from, progress)
+    checkpointer.discard_local_after(int(state.step))
   if (checkpointer.latest_step() is not None  # resumed this run's own step
       or (checkpointer.local is not None and int(state.step) and not init_from)):
     recorder.resumed_from(int(state.step))
@@ -162,6 +163,7 @@ def run_steps(config: Config, workdir: str, data_iterator, *, init_from: str = "
                            f"in {checkpointer.directory} to roll back to; save earlier "
                            "(checkpoint.save_every_steps) or use run.spike_action=skip")
     restored, _, saved = checkpointer.restore(before[-1], program.setup)
+    checkpointer.discard_local_after(before[-1])
     guard.rolled_back(at, before[-1], dispatched - before[-1], saved.get("spike_history", []))
     progress.event(f"loss spike at step {at}: rolled back to step {before[-1]}, skipping the "
                    f"{dispatched - before[-1]} batches read since it (run.spike_action=rollback)")
