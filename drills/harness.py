@@ -99,14 +99,16 @@ class Run:
     return "".join(line for line in self.lines if line)
 
   def resumed_from(self) -> int | None:
-    match = re.search(r"resuming from .*/checkpoints/(\d+)", self.log())
-    return int(match.group(1)) if match else None
+    """The step it resumed from (the last one tried: a corrupt step is set aside)."""
+    steps = re.findall(r"resuming from .*/checkpoints/(\d+)", self.log())
+    return int(steps[-1]) if steps else None
 
 
 def final_error(run: Run) -> str:
-  """The exception the run stopped with (trainer/train.py logs it first)."""
-  match = re.search(r"training stopped: (.*)", run.log())
-  return match.group(1) if match else ""
+  """The exception the run stopped with: trainer/train.py logs it first, or,
+  for bad input and damaged checkpoints, common/cli.py's one line."""
+  match = re.search(r"training stopped: (.*)|^trainer\.train: (.*)", run.log(), re.MULTILINE)
+  return (match.group(1) or match.group(2)) if match else ""
 
 
 def committed(workdir) -> list[int]:

@@ -24,9 +24,10 @@ def trimmed_copy(workdir: str, step: int, target: str) -> str:
   return target
 
 
-def two_processes(d: Drill, workdir: str) -> Run:
-  """The drill's run on 2 processes x 4 devices (launch.local)."""
-  flags_ = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+def two_processes(d: Drill, workdir: str, **overrides) -> Run:
+  """The drill's run on 2 processes x 4 devices (launch.local); each
+  process logs to <workdir>_logs/process_<i>.log."""
+  flags_ = [f"--config.{k}={v}" for k, v in {**OVERRIDES, **overrides}.items()]
   return Run(workdir, d.out, command=[
       sys.executable, "-m", "launch.local", "--num_processes=2", "--devices_per_process=4",
       f"--log_dir={workdir}_logs", "--", sys.executable, "-m", "trainer.train",
