@@ -119,7 +119,7 @@ class LocalTier:
     newest `max_to_keep` peer steps. Failures are logged, never raised: the
     step stays restorable from the predecessor's own copy."""
     source = (self.index - 1) % self.count
-    deadline = time.monotonic() + _COPY_WAIT_S
+    deadline, pause = time.monotonic() + _COPY_WAIT_S, 0.5
     while time.monotonic() < deadline:
       if self._peer_node.fetch_shard_from_peer(
           self._predecessor["ip"], self._predecessor["own_port"], step, source):
@@ -131,7 +131,10 @@ class LocalTier:
         for old in sorted(self.peer_steps())[:-self.max_to_keep]:
           shutil.rmtree(self._peer_dir / str(old), ignore_errors=True)
         return
-      time.sleep(0.5)  # its save has not committed yet
+      # Its save has not committed yet. Each try that finds no step logs
+      # Orbax's errors, so the tries thin out.
+      time.sleep(pause)
+      pause = min(2 * pause, 8.0)
     logging.error("local tier: process %d's step %d was not copied from %s within %s s",
                   source, step, self._predecessor["ip"], _COPY_WAIT_S)
 
