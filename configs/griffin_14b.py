@@ -21,6 +21,19 @@ The mesh is the best of the layouts compiled (docs/performance.md, issue 21's
 section): pure ZeRO-3 estimates 65.7% MFU with nothing overlapped; the paper's
 tensor-parallel layout, tensor 8 x fsdp 8, 50.8% (its activation all-reduces
 outweigh the weight gathers it saves at 4 rows a chip).
+
+Recipe (docs/recipes.md says where each number comes from):
+- 300B tokens (the paper's budget for every downstream model, §3.1), in
+  run.steps = 300B / (256 x 2048) = 572,204 steps; the steps follow a
+  changed batch or length.
+- Global batch 524,288 tokens (256 rows, 4 a chip on v5p-128), as the 7B.
+- Peak learning rate 5.3e-5: the fitted rule at width 5120 (trainer/lr_rule.py;
+  band x/÷ 38: 1.4e-6 to 2.0e-3), AdamW b2 0.95, weight decay 0.1, clipping at 1.0 (defaults,
+  not swept); 2,000 warmup steps, then cosine decay to a tenth at the last
+  step.
+- A checkpoint and a validation loss (50 batches) every 2,000 steps, about
+  an hour at the estimated 1.5-2.3 s a step; the three newest kept, and
+  every 50,000th for good. The local tier as for the 7B.
 """
 
 from model import presets
@@ -37,4 +50,5 @@ def get_config():
   cd.mesh.ici_data = -1
   cd.mesh.ici_fsdp = 64
   cd.mesh.ici_tensor = 1
-  return cd
+  return config_lib.pretraining_recipe(cd, token_budget=300_000_000_000, warmup_steps=2_000,
+                                       save_every_steps=2_000, eval_every_steps=2_000)

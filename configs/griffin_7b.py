@@ -27,6 +27,22 @@ The mesh is the best of the layouts compiled (docs/performance.md, issue 21's
 section): pure ZeRO-3 meets the 65% estimate on v5p-64 (66.6% with nothing
 overlapped); on v5e-256 tensor 4 x fsdp 8 gives no gain (34.8% against
 35.1%), the step there being bound by HBM traffic.
+
+Recipe (docs/recipes.md says where each number comes from):
+- 300B tokens (the paper's budget for every downstream model, §3.1), in
+  run.steps = 300B / (256 x 2048) = 572,204 steps; the steps follow a
+  changed batch or length.
+- Global batch 524,288 tokens (256 rows): one row a chip on v5e-256, eight on
+  v5p-64; Gopher's and Chinchilla's smaller models trained at 0.25-1M tokens.
+- Peak learning rate 6.9e-5: the fitted rule at width 4096 (trainer/lr_rule.py;
+  band x/÷ 32: 2.2e-6 to 2.2e-3), AdamW b2 0.95, weight decay 0.1, clipping at 1.0 (defaults,
+  not swept); 2,000 warmup steps (Llama 2's count), then cosine decay to a
+  tenth at the last step.
+- A checkpoint and a validation loss (50 batches) every 4,000 steps: 40-80
+  minutes on v5e-256 (an estimated 0.6-1.2 s a step), 1.7-2.5 hours on v5p-64
+  (1.5-2.3 s); the three newest kept, and every 100,000th for good. For frequent saves between them, add the local tier
+  (--config.checkpoint.local_dir=/dev/shm/griffin
+  --config.checkpoint.local_every_steps=200; docs/launch.md section 8).
 """
 
 from model import presets
@@ -43,4 +59,5 @@ def get_config():
   cd.mesh.ici_data = -1
   cd.mesh.ici_fsdp = 32
   cd.mesh.ici_tensor = 1
-  return cd
+  return config_lib.pretraining_recipe(cd, token_budget=300_000_000_000, warmup_steps=2_000,
+                                       save_every_steps=4_000, eval_every_steps=4_000)

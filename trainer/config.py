@@ -33,6 +33,10 @@ class OptimizerConfig:
   grad_clip_norm: float = 1.0  # 0 = off
   grad_accum_steps: int = 1  # micro-batches per step
   z_loss: float = 0.0  # weight of log(Z)^2 in the loss; 0 = off
+  # Warn at start when learning_rate is outside the band that the sweep's
+  # fitted rule gives for the model's width (trainer/lr_rule.py); False: the
+  # rate is intended.
+  lr_rule_warning: bool = True
 
   def __post_init__(self):
     check_ints("optimizer", self, 0, "warmup_steps", "decay_steps")
@@ -50,6 +54,8 @@ class OptimizerConfig:
       if (not isinstance(value, (int, float)) or isinstance(value, bool)
           or not math.isfinite(value) or not ok(value)):
         raise ValueError(f"optimizer.{name}={value!r} must be a number {valid}.")
+    if not isinstance(self.lr_rule_warning, bool):
+      raise ValueError(f"optimizer.lr_rule_warning={self.lr_rule_warning!r} must be a bool.")
 
 
 class OnCorrupt(enum.Enum):
@@ -132,6 +138,9 @@ class RunConfig:
   """Length of the run, its seed, and how often it logs and evaluates."""
 
   steps: int = 1000
+  # Training tokens (0 = none): run.steps must then be token_budget //
+  # (data.global_batch_size x data.seq_len); recipe configs derive it so.
+  token_budget: int = 0
   seed: int = 0
   log_every_steps: int = 10
   eval_every_steps: int = 0  # 0 = no evaluation during training
@@ -157,7 +166,7 @@ class RunConfig:
   def __post_init__(self):
     check_ints("run", self, 1, "steps", "log_every_steps", "eval_steps")
     check_ints("run", self, 1, "spike_window")
-    check_ints("run", self, 0, "seed", "eval_every_steps", "max_skipped_steps",
+    check_ints("run", self, 0, "seed", "token_budget", "eval_every_steps", "max_skipped_steps",
                "lm_eval_every_steps", "lm_eval_limit", "max_spikes")
     factor = self.spike_factor
     if (not isinstance(factor, (int, float)) or isinstance(factor, bool)
@@ -198,6 +207,14 @@ class Config:
                        "not divisible by optimizer.grad_accum_steps="
                        f"{self.optimizer.grad_accum_steps}; micro-batches must be "
                        "equal.")
+    tokens_per_step = self.data.global_batch_size * self.data.seq_len
+    if self.run.token_budget and self.run.steps != self.run.token_budget // tokens_per_step:
+      raise ValueError(
+          f"run.steps={self.run.steps} and run.token_budget={self.run.token_budget:,} "
+          f"contradict: at data.global_batch_size x data.seq_len = "
+          f"{self.data.global_batch_size} x {self.data.seq_len} = {tokens_per_step:,} tokens "
+          f"a step the budget is {self.run.token_budget // tokens_per_step:,} steps; set "
+          "that run.steps, or run.token_budget=0 to train a number of steps of your own.")
     decay_steps = self.optimizer.decay_steps or self.run.steps
     if self.optimizer.warmup_steps >= decay_steps:
       raise ValueError(f"optimizer.warmup_steps={self.optimizer.warmup_steps} "
@@ -328,6 +345,31 @@ def defaults() -> config_dict.ConfigDict:
   # SentencePiece-tokenized corpus set data.dataset and model.vocab_size.
   cd.data.dataset = "stdlib_bytes"
   cd.lock()
+  return cd
+
+
+def pretraining_recipe(cd: config_dict.ConfigDict, *, token_budget: int, warmup_steps: int,
+                       save_every_steps: int, eval_every_steps: int):
+  """A pod config's training recipe (docs/recipes.md says where each number
+  comes from): the learning-rate rule's peak rate for the model's width,
+  `warmup_steps` of linear warmup then cosine decay to a tenth of the peak at
+  the last step, `run.steps` derived from `token_budget` and the global batch
+  in tokens (it follows a changed batch or length), and the cadences of a
+  multi-day run. Set the model, data length and batch first."""
+  from trainer import lr_rule
+  cd.optimizer.learning_rate = lr_rule.recipe_learning_rate(lr_rule.RULE, cd.model.width)
+  cd.optimizer.warmup_steps = warmup_steps
+  cd.optimizer.decay_steps = 0  # run.steps: the cosine ends with the run
+  cd.optimizer.end_lr_fraction = 0.1
+  cd.run.token_budget = token_budget
+  cd.run.steps = cd.run.get_ref("token_budget") // (
+      cd.data.get_ref("global_batch_size") * cd.data.get_ref("seq_len"))
+  cd.run.log_every_steps = 100
+  cd.run.eval_every_steps = eval_every_steps
+  cd.run.eval_steps = 50
+  cd.checkpoint.save_every_steps = save_every_steps
+  cd.checkpoint.max_to_keep = 3
+  cd.checkpoint.keep_period = 25 * save_every_steps  # a permanent step about every day
   return cd
 
 

@@ -2,8 +2,10 @@
 iterator, run the loop, and report."""
 
 import jax
+from absl import logging
 
 from pipeline import streams
+from trainer import lr_rule
 from trainer.config import Config
 from trainer.preemption import StopFlag
 from trainer.resume import check_workdir
@@ -63,6 +65,8 @@ def train(config: Config, workdir: str, *, init_from: str = "", init_params_from
   print(f"process {jax.process_index()} of {jax.process_count()}, "
         f"{jax.local_device_count()} local devices of {jax.device_count()}", flush=True)
   check_workdir(workdir)  # bucket and write access, before the data is prepared
+  if jax.process_index() == 0 and (message := lr_rule.warning(config)):
+    logging.warning(message)
   if config.run.compilation_cache and not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", f"{workdir.rstrip('/')}/compilation_cache")
   history = run_steps(config, workdir, make_train_iterator(config), init_from=init_from,

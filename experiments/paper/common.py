@@ -186,15 +186,18 @@ def finish(out: str, headers: list[str], rows: list[list], results: list[dict], 
 
 def plot(path: str, series: list[tuple], *, xlabel: str, ylabel: str, title: str,
          xscale: str = "linear", vline: tuple | None = None, hline: tuple | None = None,
-         ylim: tuple | None = None):
+         ylim: tuple | None = None, points: list[tuple] = ()):
   """A PNG of (label, xs, ys) lines, with an optional (x, label) vertical and
-  (y, label) horizontal reference line."""
+  (y, label) horizontal reference line, and (x, y, label) points marked."""
   import matplotlib
   matplotlib.use("Agg")  # no display; must precede pyplot
   from matplotlib import pyplot as plt
   figure, axes = plt.subplots(figsize=(6, 4))
   for label, xs, ys in series:
     axes.plot(xs, ys, marker="o", markersize=3, label=label)
+  for x, y, label in points:
+    axes.plot([x], [y], marker="*", markersize=12, color="black", linestyle="none",
+              label=label)
   if vline:
     axes.axvline(vline[0], color="gray", linestyle="--", label=vline[1])
   if hline:
