@@ -143,8 +143,7 @@ def train_share(runs: list[tuple]) -> list[dict]:
   return [train_once(*run) for run in runs]
 
 
-def main(argv):
-  del argv
+def main():
   widths, lrs, seeds = check_flags()
   start = time.time()
   os.makedirs(_OUT.value, exist_ok=True)
