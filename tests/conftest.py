@@ -34,6 +34,18 @@ import pytest  # noqa: E402
 from tests.gcs_emulator import GcsEmulator  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _absl_verbosity_restored():
+  """A command's main run in process (common/cli.py) sets absl's verbosity to
+  WARNING for the whole worker; a later test's INFO lines must not depend on
+  which files its worker ran before."""
+  import logging
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level  # NOTSET at first: it follows the root logger (caplog)
+  yield
+  absl_logger.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def gcs_emulator(tmp_path_factory):
   """One GCS emulator for the session, its variables set in this process;
