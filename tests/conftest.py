@@ -40,10 +40,11 @@ def _absl_verbosity_restored():
   WARNING for the whole worker; a later test's INFO lines must not depend on
   which files its worker ran before."""
   import logging
-  absl_logger = logging.getLogger("absl")
-  level = absl_logger.level  # NOTSET at first: it follows the root logger (caplog)
   yield
-  absl_logger.setLevel(level)
+  # NOTSET, as before any command ran: it follows the root logger (caplog).
+  # Not the level at the test's start: a session fixture's command may have
+  # pinned it before the first test of the worker.
+  logging.getLogger("absl").setLevel(logging.NOTSET)
 
 
 @pytest.fixture(scope="session")

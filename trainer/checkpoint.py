@@ -14,6 +14,7 @@ cause; the steps committed before it stay as they were.
 
 import contextlib
 import hashlib
+import logging as std_logging
 import time
 from typing import Any
 
@@ -113,13 +114,17 @@ def _no_replica_parallel_saves_on_cpu():
   devices share one memory, so nothing is gained there (Orbax makes the same
   exception for GPUs); accelerators keep Orbax's default."""
   if jax.default_backend() == "cpu":
-    previous = logging.get_verbosity()
-    logging.set_verbosity(logging.ERROR)  # not Orbax's warning that its default is replaced
+    # Not Orbax's warning that its default is replaced. The absl logger's own
+    # level is restored as it was (usually unset: following the root logger's);
+    # set_verbosity(get_verbosity()) would pin it at the effective level.
+    absl_logger = std_logging.getLogger("absl")
+    previous = absl_logger.level
+    absl_logger.setLevel(std_logging.ERROR)
     try:
       ocp.type_handlers.register_type_handler(
           jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
     finally:
-      logging.set_verbosity(previous)
+      absl_logger.setLevel(previous)
 
 
 class Checkpointer:
