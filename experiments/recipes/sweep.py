@@ -86,12 +86,7 @@ def train_once(family: str, width: int, lr: float, seed: int) -> dict:
   path = result_path(family, width, lr, seed)
   if os.path.exists(path):
     with open(path) as f:
-      result = {"family": family, **json.load(f)}
-    if "train_flops" not in result:  # written before the sweep recorded it
-      _, config = run_config(family, width, lr, seed)
-      result["train_flops"] = result["steps"] * train_flops(config.model, _BATCH.value,
-                                                            _SEQ_LEN.value)
-    return result
+      return {"family": family, **json.load(f)}
   values, config = run_config(family, width, lr, seed)
   workdir = os.path.dirname(path)
   run = common.train(config, workdir)
