@@ -25,7 +25,7 @@ import time
 # [<text>]", every write (POST, PUT, PATCH, DELETE) whose URL, unquoted,
 # contains <text> (any write without one) is answered with that status.
 _EMULATOR = r"""
-import http, json, os, sys
+import http, json, os, signal, sys, threading, time
 from http import server as http_server
 from urllib.parse import unquote
 from gcp_storage_emulator import server, storage
@@ -73,24 +73,32 @@ for _, methods in server.HANDLERS:
 fault_file = os.environ["GCS_FAULT_FILE"]
 
 
+serving = threading.Lock()  # held while a request is answered
+
+
 def with_faults(method, handle):
   def handler(self):
-    status = match = ""
-    if method != "GET" and os.path.exists(fault_file):
-      with open(fault_file) as f:
-        status, _, match = f.read().strip().partition(" ")
-    if not status or match not in unquote(self.path):
-      return handle(self)
-    self.rfile.read(int(self.headers.get("Content-Length") or 0))  # else a reset, not a status
-    code = int(status)
-    body = json.dumps({"error": {"code": code, "message": "injected fault: "
-                                 + http.HTTPStatus(code).phrase}}).encode()
-    self.send_response(code)
-    self.send_header("Content-Type", "application/json")
-    self.send_header("Content-Length", str(len(body)))
-    self.end_headers()
-    self.wfile.write(body)
+    with serving:
+      answer_or_fail(self, method, handle)
   return handler
+
+
+def answer_or_fail(self, method, handle):
+  status = match = ""
+  if method != "GET" and os.path.exists(fault_file):
+    with open(fault_file) as f:
+      status, _, match = f.read().strip().partition(" ")
+  if not status or match not in unquote(self.path):
+    return handle(self)
+  self.rfile.read(int(self.headers.get("Content-Length") or 0))  # else a reset, not a status
+  code = int(status)
+  body = json.dumps({"error": {"code": code, "message": "injected fault: "
+                               + http.HTTPStatus(code).phrase}}).encode()
+  self.send_response(code)
+  self.send_header("Content-Type", "application/json")
+  self.send_header("Content-Length", str(len(body)))
+  self.end_headers()
+  self.wfile.write(body)
 
 
 for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
@@ -98,10 +106,21 @@ for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
   setattr(server.RequestHandler, name, with_faults(method, getattr(server.RequestHandler, name)))
 port, data_dir = int(sys.argv[1]), sys.argv[2]
 emulator = server.create_server("127.0.0.1", port, in_memory=False, data_dir=data_dir)
-try:
-  emulator.run()  # until SIGINT
-finally:  # also when the interrupt lands outside run()'s own handler
-  save_index(emulator._storage)
+
+
+def stop(signum, frame):
+  # Not the stock server's stop: it waits for the request being read, and a
+  # client's idle connection never sends one (30 s, then a kill that lost
+  # the index).
+  with serving:
+    save_index(emulator._storage)
+    os._exit(0)
+
+
+signal.signal(signal.SIGINT, stop)
+emulator.start()
+while True:
+  time.sleep(3600)
 """
 
 

@@ -5,6 +5,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import time
 import types
 
 import jax
@@ -83,3 +84,16 @@ def test_goodput_counts_steps_trained_again_and_the_time_between_runs(tmp_path):
   assert done.returncode == 1 and done.stderr.strip() == (
       f"trainer.goodput: no goodput records in {records}/goodput; they are written by "
       "python -m trainer.train runs")
+
+
+def test_a_process_start_is_on_the_same_clock_as_its_records():
+  """The down time between a kill and a restart is often under a second:
+  the start read from /proc must be that precise against time.time()."""
+  before = time.time()
+  child = subprocess.run(
+      [sys.executable, "-c", "import time; from trainer.goodput import process_start_time; "
+                             "print(process_start_time(), time.time())"],
+      capture_output=True, text=True, cwd=ROOT, check=True)
+  start, now = map(float, child.stdout.split())
+  # /proc counts clock ticks (10 ms); the child started after `before`.
+  assert before - 0.02 <= start <= now

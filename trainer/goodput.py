@@ -32,14 +32,16 @@ PHASES = ("startup", "restore", "compile", "checkpoint", "data", "evaluation")
 
 
 def process_start_time() -> float:
-  """This process's start (Unix time) from /proc; now where there is none."""
+  """This process's start (Unix time) from /proc; now where there is none.
+  Measured back from now with /proc/uptime: /proc/stat's boot time is whole
+  seconds, an error as large as the down time between a kill and a restart."""
   try:
     with open("/proc/self/stat") as f:
       ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-    with open("/proc/stat") as f:
-      boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
-  except (OSError, ValueError, IndexError, StopIteration):
+    with open("/proc/uptime") as f:
+      uptime = float(f.read().split()[0])
+    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+  except (OSError, ValueError, IndexError):
     return time.time()
 
 
