@@ -34,6 +34,23 @@ import pytest  # noqa: E402
 from tests.gcs_emulator import GcsEmulator  # noqa: E402
 
 
+# The files of most worker-seconds, slowest first (`python -m pytest
+# --durations=0`; docs/performance.md, "The test suite"). xdist hands whole
+# files to the workers in collection order (`--dist loadfile
+# --no-loadscope-reorder`): a long file handed out last would leave the other
+# worker idle while it runs.
+SLOWEST_FILES_FIRST = (
+    "test_trainer.py", "test_sharding.py", "test_reliability.py", "test_local_tier.py",
+    "test_model.py", "test_preemption.py", "test_launch.py", "test_aot.py",
+    "test_evaluate.py", "test_splash_attention.py", "test_lm_eval_induction.py",
+    "test_synthetic.py", "test_lm_eval.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(SLOWEST_FILES_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
+
 @pytest.fixture(autouse=True)
 def _absl_verbosity_restored():
   """A command's main run in process (common/cli.py) sets absl's verbosity to
