@@ -13,23 +13,17 @@ store (store.json) is reused; a stopped build is finished by the same command.
 A bad argument or input prints one `pipeline.prepare_store: ...` line and exits 1.
 
 Arguments after `--` go to Beam and override the defaults, e.g. for Dataflow
-(`pip install build`: Beam builds the package from pyproject.toml, and the
-workers install it with its dependencies):
+(`pip install -e '.[dataflow]'`: Beam's GCP extra; the workers install this
+package from setup.py), which reads a gs:// corpus on its workers:
 
   python -m pipeline.prepare_store --config=configs/griffin_1b.py \
+      --config.data.dataset=text_files --config.data.files='gs://BUCKET/corpus/**/*.jsonl' \
       --store=gs://BUCKET/stores/web -- --runner=DataflowRunner --project=P \
-      --region=R --temp_location=gs://BUCKET/tmp --setup_file=./pyproject.toml
+      --region=R --temp_location=gs://BUCKET/tmp --setup_file=./setup.py
 
-but no source reaches Dataflow's workers yet: documents.find_files globs and
-opens local files only (data.files='gs://...' is refused with that reason),
-stdlib paths are the driver's interpreter's, and TFDS datasets are read from a
-local data_dir. It needs gs:// reads in pipeline/documents.py first.
-
-Expected (measured 2026-12, 2 CPU cores, configs/smoke.py: the stdlib, 8192
-pieces): train 649 documents, 2,895,657 tokens; validation 82 documents,
-480,023 tokens; one shard each; 9 s with --workers=1 (2.4 s of it training the
-tokenizer), 12 s with --workers=2 (worker processes cost more than they save on
-two cores); the same bytes either way."""
+The stdlib and TFDS datasets are read from the driver's own paths (its
+interpreter, a local data_dir): the DirectRunner only. Sizes and times of
+the default store: docs/data.md."""
 
 import json
 import time

@@ -11,26 +11,41 @@ and writes store.json after it: a killed build leaves no store.json, and its
 rerun writes the same shards again and finishes it.
 
 Runners: the DirectRunner's engine (this process, or N processes) by default;
-`beam_args` may name another (Dataflow). But every worker reads the corpus at
-the driver's paths: documents.find_files globs and opens local files only
-(gs:// globs are refused), stdlib is the driver's interpreter's, and TFDS
-datasets are read from a local data_dir; so today only the DirectRunner has a
-source its workers can read. Memory: the DirectRunner's shuffle holds every
-token of the corpus (2 bytes each); any runner holds one shard while writing it.
+`beam_args` may name another (Dataflow). Its workers read what they are
+given: files local to them or on gs:// (documents.find_files); the stdlib and
+TFDS datasets are the driver's own paths, so the DirectRunner's only. Memory:
+the DirectRunner's shuffle holds every token of the corpus (2 bytes each);
+any runner holds one shard while writing it.
 """
 
 import dataclasses
 import hashlib
 import itertools
+import logging as std_logging
 import os
 import re
 from collections.abc import Iterator, Sequence
 
-import apache_beam as beam
 import numpy as np
 from absl import logging
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+
+
+class _NoApitoolsWarning(std_logging.Filter):
+  """Beam's BigQuery client warns on import when its GCP extra (apitools) is
+  missing; nothing here uses BigQuery, and Dataflow installs the extra."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("apitools not found")
+
+
+_quiet = _NoApitoolsWarning()
+std_logging.getLogger().addFilter(_quiet)
+try:
+  import apache_beam as beam
+  from apache_beam.metrics.metric import MetricsFilter
+  from apache_beam.options.pipeline_options import PipelineOptions
+finally:
+  std_logging.getLogger().removeFilter(_quiet)
 
 from pipeline import documents
 from pipeline import token_store
