@@ -22,6 +22,12 @@ section): pure ZeRO-3 estimates 65.7% MFU with nothing overlapped; the paper's
 tensor-parallel layout, tensor 8 x fsdp 8, 50.8% (its activation all-reduces
 outweigh the weight gathers it saves at 4 rows a chip).
 
+On v5e-256 (one row a chip) add
+  --config.model.remat=full --config.mesh.ici_fsdp=32 --config.mesh.ici_tensor=2
+(data takes the other 4): the saved matmul outputs do not fit 16 GB chips
+(17.6 GiB at tensor 2), and there the paper's tensor split pays: 35.3%
+against ZeRO-3's 31.7%, with peak 7.1 GiB and total 9.2 GiB of 15.75 GiB.
+
 Recipe (docs/recipes.md says where each number comes from):
 - 300B tokens (the paper's budget for every downstream model, §3.1), in
   run.steps = 300B / (256 x 2048) = 572,204 steps; the steps follow a

@@ -40,10 +40,11 @@ from tests.gcs_emulator import GcsEmulator  # noqa: E402
 # --no-loadscope-reorder`): a long file handed out last would leave the other
 # worker idle while it runs.
 SLOWEST_FILES_FIRST = (
-    "test_trainer.py", "test_sharding.py", "test_reliability.py", "test_local_tier.py",
-    "test_model.py", "test_preemption.py", "test_launch.py", "test_aot.py",
-    "test_evaluate.py", "test_splash_attention.py", "test_lm_eval_induction.py",
-    "test_synthetic.py", "test_lm_eval.py")
+    "test_trainer.py", "test_sharding.py", "test_reliability.py", "test_model.py",
+    "test_local_tier.py", "test_preemption.py", "test_evaluate.py", "test_aot.py",
+    "test_lm_eval.py", "test_cli.py", "test_pallas_scan.py", "test_splash_attention.py",
+    "test_reference.py", "test_sequence_parallel.py", "test_synthetic.py",
+    "test_lm_eval_induction.py", "test_launch.py")
 
 
 def pytest_collection_modifyitems(items):
