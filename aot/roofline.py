@@ -5,7 +5,7 @@ Command, from the repository root (libtpu from the `tpu` or `test` extra):
   python -m aot.roofline [--rows=all] [--cache=/tmp/roofline_cache.json]
       [--check_full=griffin_1b@v5p-16]
 Three compiles per row, one at a time, 2-11 minutes each on a shared 2-core
-host (about 90 minutes for all six rows). The HLO of every compile is kept
+host (`--rows=all`, every row of ROWS below, takes hours; name the rows). The HLO of every compile is kept
 gzipped in roofline_hlo/ beside the cache, so a change to the analysis re-reads
 it instead of compiling again.
 
