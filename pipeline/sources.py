@@ -6,26 +6,20 @@ opens local files only), and `pipeline/store_build.py` reads it by index
 ranges into a token store, which may live on gs://.
 """
 
-import logging as std_logging
 import os
 from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 from absl import logging
 
+from common.log_filters import DropLines
 from pipeline.config import DataConfig
 
 DEFAULT_DATA_DIR = "~/.cache/griffin/tfds"
 
 
-class _NoCustomConfigWarning(std_logging.Filter):
-  """TFDS warns on each builder made from a config its class does not list."""
-
-  def filter(self, record):
-    return not record.getMessage().startswith("Using custom data configuration")
-
-
-logging.get_absl_logger().addFilter(_NoCustomConfigWarning())
+# TFDS warns on each builder made from a config its class does not list.
+logging.get_absl_logger().addFilter(DropLines("Using custom data configuration"))
 
 
 def data_dir_of(config: DataConfig) -> str:

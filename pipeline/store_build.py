@@ -29,23 +29,18 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from absl import logging
 
+from common.log_filters import DropLines
 
-class _NoApitoolsWarning(std_logging.Filter):
-  """Beam's BigQuery client warns on import when its GCP extra (apitools) is
-  missing; nothing here uses BigQuery, and Dataflow installs the extra."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("apitools not found")
-
-
-_quiet = _NoApitoolsWarning()
-std_logging.getLogger().addFilter(_quiet)
+# Beam's BigQuery client warns on import when its GCP extra (apitools) is
+# missing; nothing here uses BigQuery, and Dataflow installs the extra.
+_NO_APITOOLS_WARNING = DropLines("apitools not found")
+std_logging.getLogger().addFilter(_NO_APITOOLS_WARNING)
 try:
   import apache_beam as beam
   from apache_beam.metrics.metric import MetricsFilter
   from apache_beam.options.pipeline_options import PipelineOptions
 finally:
-  std_logging.getLogger().removeFilter(_quiet)
+  std_logging.getLogger().removeFilter(_NO_APITOOLS_WARNING)
 
 from pipeline import documents
 from pipeline import token_store

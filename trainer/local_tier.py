@@ -23,7 +23,6 @@ Every process has, under `<local_dir>/process_<i>/`:
 """
 
 import dataclasses
-import logging as std_logging
 import shutil
 import threading
 import time
@@ -40,22 +39,20 @@ from orbax.checkpoint.experimental.emergency.p2p import service as p2p_service
 from orbax.checkpoint.experimental.emergency.p2p import utils as p2p_utils
 from orbax.checkpoint.experimental.emergency.p2p.args import Composite
 
+from common.log_filters import DropLines
+
 # How long a process waits for its predecessor's step to appear before it
 # gives up copying it (that step then has one copy only; it still counts).
 _COPY_WAIT_S = 120.0
 
 
-class _UnsavedStepErrors(std_logging.Filter):
-  """Drops the two errors Orbax's p2p service logs, one on each host, when a
-  step is asked for before its host has saved it. The copy thread asks until
-  it has (and logs its own error if it never does): they are the normal
-  wait, not a fault, and a user would read hundreds of them."""
-
-  MESSAGES = ("Failed to get manifest from peer", "Step directory not found for step=")
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return not (record.pathname == p2p_service.__file__
-                and str(record.msg).startswith(self.MESSAGES))
+# The two errors Orbax's p2p service logs, one on each host, when a step is
+# asked for before its host has saved it. The copy thread asks until it has
+# (and logs its own error if it never does): they are the normal wait, not a
+# fault, and a user would read hundreds of them.
+_UNSAVED_STEP_ERRORS = DropLines("Failed to get manifest from peer",
+                                 "Step directory not found for step=",
+                                 source=p2p_service.__file__)
 
 
 class LocalTierError(OSError):
@@ -97,9 +94,7 @@ class LocalTier:
     self._peer_node = p2p_service.P2PNode(self._peer_dir)
     self._own_node.start()
     self._peer_node.start()
-    absl_logger = std_logging.getLogger("absl")
-    if not any(isinstance(f, _UnsavedStepErrors) for f in absl_logger.filters):
-      absl_logger.addFilter(_UnsavedStepErrors())
+    logging.get_absl_logger().addFilter(_UNSAVED_STEP_ERRORS)  # once: the same object
     # Every process learns every other's two addresses (a collective).
     nodes = emergency_path.sync_global_data({
         "ip": self._own_node.ip, "own_port": self._own_node.port,
